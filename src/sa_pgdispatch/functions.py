@@ -15,8 +15,8 @@ given in any order.
 =====================  =================  ====================================
 function               SQLAlchemy type    Python value
 =====================  =================  ====================================
-``fire``               ``NullType``       ``None`` (SQL ``void``)
-``snooze``             ``NullType``       ``None`` (SQL ``void``)
+``fire``               ``VOID``           ``None`` (SQL ``void``; a ``NullType``)
+``snooze``             ``VOID``           ``None`` (SQL ``void``; a ``NullType``)
 ``dispatch``           ``BigInteger``     ``int`` (job id)
 ``exec``               ``BigInteger``     ``int`` (job id)
 ``fetch_results``      ``JSONB``          decoded JSON or ``None``
@@ -26,10 +26,12 @@ function               SQLAlchemy type    Python value
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects.postgresql import INTERVAL, JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import elements
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -39,6 +41,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 __all__ = [
     "PACKAGE",
+    "VOID",
     "NamedArgument",
     "cancel",
     "dispatch",
@@ -50,6 +53,19 @@ __all__ = [
 
 PACKAGE = "pgdispatch"
 """The SQL schema and the SQLAlchemy function package of the dispatcher."""
+
+
+class VOID(sqltypes.NullType):
+    """The SQL ``void`` return type: a :class:`~sqlalchemy.types.NullType` whose result
+    value is always ``None`` (drivers return ``''`` for ``void``)."""
+
+    def result_processor(
+        self, dialect: Dialect, coltype: object
+    ) -> Callable[[Any], None]:
+        def process(value: Any) -> None:
+            return None
+
+        return process
 
 
 class NamedArgument(elements.ColumnElement[Any]):
@@ -156,7 +172,7 @@ class fire(_PgDispatchFunction):
     """``pgdispatch.fire(command text) -> void``: run ``command`` asynchronously."""
 
     name = "fire"
-    type = sqltypes.NullType()
+    type = VOID()
     inherit_cache = True
     package = PACKAGE
     _signature = (("command", sqltypes.Text()),)
@@ -167,7 +183,7 @@ class snooze(_PgDispatchFunction):
     """``pgdispatch.snooze(command text, delay interval) -> void``."""
 
     name = "snooze"
-    type = sqltypes.NullType()
+    type = VOID()
     inherit_cache = True
     package = PACKAGE
     _signature = (("command", sqltypes.Text()), ("delay", INTERVAL()))
