@@ -288,6 +288,16 @@ class _RenderCompiler(PGCompiler):
                 f"bound parameter {bindparam.key!r} has no value: give it one "
                 "(e.g. text(...).bindparams(name=value)) before dispatching"
             )
+        if (
+            not args
+            and "render_literal_value" not in kw
+            and bindparam.value is None
+            and bindparam.callable is None
+            and bindparam.type.should_evaluate_none
+            and not bindparam.expanding
+        ):
+            # e.g. None for a JSON column: execution binds it as JSON null, not SQL NULL
+            return self.render_literal_value(None, bindparam.type)
         return super().render_literal_bindparam(bindparam, *args, **kw)  # type: ignore[no-untyped-call,no-any-return]
 
     def render_literal_value(self, value: Any, type_: sqltypes.TypeEngine[Any]) -> str:
