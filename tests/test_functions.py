@@ -79,8 +79,14 @@ def test_named_arguments_render_as_postgresql_named_notation():
 
 def test_bind_types():
     expr = func.pgdispatch.dispatch(
-        "c", payload=[1], delay="1 second", priority=1, max_attempts=1, timeout="2 s",
-        capture=False, job_key="k",
+        "c",
+        payload=[1],
+        delay="1 second",
+        priority=1,
+        max_attempts=1,
+        timeout="2 s",
+        capture=False,
+        job_key="k",
     )
     compiled = select(expr).compile(dialect=PG)
     by_value = {repr(b.value): type(b.type) for b in compiled.bind_names}
@@ -169,11 +175,13 @@ def drain(engine: Engine) -> None:
         conn.execute(text("CALL pgdispatch.work(drain => true)"))
 
 
-def job(engine: Engine, job_id: int) -> dict[str, object]:
+def job(engine: Engine, job_id: int | None) -> dict[str, object]:
     with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT * FROM pgdispatch.jobs WHERE id = :id"), {"id": job_id}
-        ).mappings().one()
+        row = (
+            conn.execute(text("SELECT * FROM pgdispatch.jobs WHERE id = :id"), {"id": job_id})
+            .mappings()
+            .one()
+        )
         return dict(row)
 
 

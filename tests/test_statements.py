@@ -448,7 +448,9 @@ def test_orm_session_dispatch(engine):
         __table__ = things
 
     with Session(engine) as session:
-        job_id = session.scalar(dispatch(update(Thing).where(Thing.id == 10).values(s="orm \\ é")))
+        job_id = session.scalar(
+            dispatch(update(Thing).where(things.c.id == 10).values(s="orm \\ é"))
+        )
         session.commit()
     drain(engine)
     with engine.connect() as conn:
