@@ -1,0 +1,77 @@
+"""Project-only fixtures (the pgdispatch_* fixtures come from sa_pgdispatch's plugin)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import Engine, text
+
+pytest_plugins = ["pytester", "sa_pgdispatch.testing.fixtures"]
+
+
+@pytest.fixture
+def schema(pgdispatch_engine: Engine) -> Iterator[str]:
+    """A fresh schema ``test_<uuid>`` for one test, dropped (CASCADE) afterwards."""
+    name = f"test_{uuid.uuid4().hex}"
+    with pgdispatch_engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield name
+    finally:
+        with pgdispatch_engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+
+
+@dataclass(frozen=True)
+class CronProof:
+    """A pg_cron job scheduled at session start whose run the e2e test waits for."""
+
+    jobid: int
+    jobname: str
+    table: str
+    token: str
+    scheduled_at: float  # time.monotonic() when it was scheduled
+
+
+def _session_has_e2e(session: pytest.Session) -> bool:
+    return any(item.get_closest_marker("e2e") is not None for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cron_proof(request: pytest.FixtureRequest) -> Iterator[CronProof | None]:
+    """Schedule the pg_cron proof job as early as possible in the session.
+
+    pg_cron 1.4 only has minute schedules, so a job scheduled now runs at the next
+    minute boundary: up to 60 s away. Scheduling it when the session starts lets
+    that minute pass while the other tests run; the e2e test then only waits for
+    what is left. Nothing is done when no collected test is marked ``e2e``.
+    """
+    if not _session_has_e2e(request.session):
+        yield None
+        return
+    engine: Engine = request.getfixturevalue("pgdispatch_engine")
+    token = uuid.uuid4().hex
+    table = f"public.sa_pgdispatch_cron_proof_{token[:12]}"
+    jobname = f"sa_pgdispatch_cron_proof_{token[:12]}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (token text NOT NULL, ran_at timestamptz)"))
+        jobid = conn.execute(
+            text("SELECT cron.schedule(:name, '* * * * *', :command)"),
+            {
+                "name": jobname,
+                "command": f"INSERT INTO {table} VALUES ('{token}', clock_timestamp())",
+            },
+        ).scalar_one()
+    try:
+        yield CronProof(int(jobid), jobname, table, token, time.monotonic())
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = :name"),
+                {"name": jobname},
+            )
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))

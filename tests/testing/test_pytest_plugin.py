@@ -1,0 +1,78 @@
+"""The pytest plugin, run in a separate pytest process like a user project would."""
+
+from __future__ import annotations
+
+import pytest
+
+from sa_pgdispatch.testing import ENV_TEST_BACKEND, ENV_TEST_DSN, PgServer
+from sa_pgdispatch.testing.containers import docker_engine_status
+
+USER_TESTS = """
+import psycopg
+from sqlalchemy import Connection, Engine, text
+
+
+def test_fixtures(pgdispatch_server, pgdispatch_engine, pgdispatch_connection, pgdispatch_psycopg):
+    assert pgdispatch_server.dsn.startswith("postgresql://")
+    assert pgdispatch_server.url.startswith("postgresql+psycopg://")
+    assert isinstance(pgdispatch_engine, Engine)
+    assert pgdispatch_engine.dialect.driver == "psycopg"
+    assert isinstance(pgdispatch_connection, Connection)
+    assert pgdispatch_connection.in_transaction()
+    assert isinstance(pgdispatch_psycopg, psycopg.Connection)
+    row = pgdispatch_psycopg.execute(
+        "SELECT extname FROM pg_extension WHERE extname = 'pg_cron'"
+    ).fetchone()
+    assert row == ("pg_cron",)
+
+
+def test_a_creates_a_table(pgdispatch_connection):
+    pgdispatch_connection.execute(text("CREATE TABLE plugin_rollback_probe (v int)"))
+    pgdispatch_connection.execute(text("INSERT INTO plugin_rollback_probe VALUES (1)"))
+
+
+def test_b_the_table_was_rolled_back(pgdispatch_connection):
+    found = pgdispatch_connection.execute(
+        text("SELECT to_regclass('plugin_rollback_probe')")
+    ).scalar_one()
+    assert found is None
+
+
+def test_c_psycopg_connection_is_closed_after(pgdispatch_psycopg, request):
+    request.config._probe_conn = pgdispatch_psycopg
+
+
+def test_d_check_closed(request):
+    assert request.config._probe_conn.closed
+"""
+
+
+def test_plugin_fixtures_in_a_user_project(
+    pytester: pytest.Pytester, pgdispatch_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reuse the session's server through the dsn backend: no second cluster.
+    monkeypatch.setenv(ENV_TEST_DSN, pgdispatch_server.dsn)
+    monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*sa_pgdispatch: test server backend dsn*"])
+
+
+def test_plugin_option_is_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*--pgdispatch-backend=*"])
+
+
+def test_docker_backend_without_engine_skips(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if docker_engine_status() is None:
+        pytest.skip("a Docker engine answers here; the skip path cannot be observed")
+    monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
+    pytester.makepyfile(test_user="def test_x(pgdispatch_server):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rs", "--pgdispatch-backend=docker"
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*needs a Docker engine*"])
