@@ -1,0 +1,39 @@
+# Developer entry points. Everything goes through scripts/bootstrap.sh first, which
+# installs what is missing (PostgreSQL, pg_cron, .venv) and is fast when nothing is.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY := .venv/bin/python
+ARGS ?=
+
+.PHONY: help bootstrap test lint format typecheck demo clean
+
+help:
+	@echo "make test     bootstrap, lint (ruff), type-check (mypy), run the tests (ARGS=... for pytest)"
+	@echo "make demo     bootstrap and run the demo (sa-pgdispatch demo)"
+	@echo "make lint     ruff + mypy only"
+	@echo "make format   ruff format + import sorting"
+	@echo "make clean    remove build and tool caches (keeps .venv)"
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+lint: bootstrap
+	$(PY) -m ruff check src tests
+	$(PY) -m mypy src
+
+typecheck: bootstrap
+	$(PY) -m mypy src
+
+format: bootstrap
+	$(PY) -m ruff check --select I --fix src tests
+	$(PY) -m ruff format src tests
+
+test: lint
+	$(PY) -m pytest -q $(ARGS)
+
+demo: bootstrap
+	.venv/bin/sa-pgdispatch demo
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
