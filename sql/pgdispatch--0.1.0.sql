@@ -28,7 +28,9 @@ BEGIN
                    '(Debian: apt-get install postgresql-15-cron; Supabase/RDS: enable the '
                    'pg_cron extension).';
   END IF;
-  IF current_setting('cron.database_name', true) IS DISTINCT FROM current_database() THEN
+  IF (pg_has_role('pg_read_all_settings', 'USAGE') OR
+      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))
+     AND current_setting('cron.database_name', true) IS DISTINCT FROM current_database() THEN
     RAISE EXCEPTION 'pgdispatch must be installed in database %, where pg_cron runs its jobs',
       coalesce(current_setting('cron.database_name', true), 'postgres')
       USING ERRCODE = 'feature_not_supported',
@@ -191,6 +193,7 @@ CREATE FUNCTION pgdispatch.cron_info(
   OUT version text, OUT major integer, OUT minor integer,
   OUT second_schedules boolean, OUT background_workers boolean, OUT database_name text)
 LANGUAGE plpgsql STABLE AS $$
+-- background_workers is NULL when the caller may not read cron.use_background_workers
 BEGIN
   SELECT e.extversion INTO version FROM pg_extension e WHERE e.extname = 'pg_cron';
   IF version IS NULL THEN
@@ -199,8 +202,18 @@ BEGIN
   major := split_part(version, '.', 1)::integer;
   minor := (regexp_match(split_part(version, '.', 2), '^[0-9]+'))[1]::integer;
   second_schedules := (major, minor) >= (1, 5);
-  background_workers := coalesce(current_setting('cron.use_background_workers', true), 'off') = 'on';
-  database_name := coalesce(current_setting('cron.database_name', true), 'postgres');
+  -- pg_cron's settings are superuser-only (or pg_read_all_settings): unknown (NULL)
+  -- to other roles. The extension itself can only exist in cron.database_name.
+  BEGIN
+    database_name := coalesce(current_setting('cron.database_name', true), 'postgres');
+  EXCEPTION WHEN insufficient_privilege THEN
+    database_name := NULL;
+  END;
+  BEGIN
+    background_workers := coalesce(current_setting('cron.use_background_workers', true), 'off') = 'on';
+  EXCEPTION WHEN insufficient_privilege THEN
+    background_workers := NULL;
+  END;
 END
 $$;
 
@@ -516,7 +529,7 @@ BEGIN
             HINT = 'Set cron.use_background_workers = off (libpq mode, with cron.host and '
                    'passwordless local connections) or upgrade pg_cron to 1.5 or later.';
   END IF;
-  IF info.database_name <> current_database() THEN
+  IF info.database_name IS NOT NULL AND info.database_name <> current_database() THEN
     RAISE EXCEPTION 'pgdispatch: pg_cron runs jobs in database %, not in %',
       info.database_name, current_database() USING ERRCODE = 'feature_not_supported';
   END IF;
@@ -694,7 +707,7 @@ BEGIN
                     'SELECT coalesce(jsonb_agg(to_jsonb(pgdispatch_q)), ''[]'') FROM pgdispatch_q'
               INTO res USING j.payload;
             affected := jsonb_array_length(res);
-          EXCEPTION WHEN syntax_error THEN
+          EXCEPTION WHEN syntax_error OR feature_not_supported THEN
             -- not a row-returning statement (DML without RETURNING, utility, several
             -- statements): run it as it is and keep the row count
             res := NULL;
@@ -774,7 +787,8 @@ BEGIN
     IF clock_timestamp() - t_settings > interval '1 second' THEN
       t_settings := clock_timestamp();
       SELECT * INTO cfg FROM pgdispatch.settings;
-      IF slot > 0 THEN
+      IF slot > 0 AND max_runtime IS NULL THEN
+        -- a scheduled worker: stop() ends it
         SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
         EXIT WHEN enabled IS DISTINCT FROM true;
       END IF;
@@ -876,8 +890,10 @@ BEGIN
     IF clock_timestamp() - t_settings > interval '1 second' THEN
       t_settings := clock_timestamp();
       SELECT * INTO cfg FROM pgdispatch.settings;
-      SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
-      EXIT WHEN enabled IS DISTINCT FROM true;
+      IF max_runtime IS NULL THEN
+        SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
+        EXIT WHEN enabled IS DISTINCT FROM true;
+      END IF;
     END IF;
     PERFORM pg_sleep(extract(epoch FROM cfg.watchdog_poll));
   END LOOP;
@@ -1038,11 +1054,11 @@ BEGIN
   EXECUTE format('GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA pgdispatch TO %I', role_name);
   IF NOT has_schema_privilege(role_name, 'cron', 'USAGE')
      OR NOT has_function_privilege(role_name, 'cron.schedule(text,text,text)', 'EXECUTE')
-     OR NOT has_function_privilege(role_name, 'cron.unschedule(text)', 'EXECUTE') THEN
+     OR NOT has_function_privilege(role_name, 'cron.unschedule(name)', 'EXECUTE') THEN
     BEGIN
       EXECUTE format('GRANT USAGE ON SCHEMA cron TO %I', role_name);
       EXECUTE format('GRANT EXECUTE ON FUNCTION cron.schedule(text,text,text), '
-                     'cron.unschedule(text) TO %I', role_name);
+                     'cron.unschedule(name), cron.unschedule(bigint) TO %I', role_name);
     EXCEPTION WHEN insufficient_privilege THEN
       RAISE WARNING 'pgdispatch: % could not grant USAGE on schema cron to %', current_user, role_name
         USING HINT = format('Ask a superuser to run: GRANT USAGE ON SCHEMA cron TO %I; without it %s '

@@ -1,0 +1,59 @@
+"""Helpers for the dispatcher's SQL tests: run SQL, drain the queue, read jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+
+def run(engine: Engine, sql: str, **params: Any) -> Any:
+    """Run one statement in its own committed transaction; return the first column of
+    the first row (or None)."""
+    with engine.begin() as conn:
+        result = conn.execute(text(sql), params)
+        return result.scalar() if result.returns_rows else None
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with engine.begin() as conn:
+        return list(conn.execute(text(sql), params).mappings())
+
+
+def drain(engine: Engine) -> None:
+    """Run every due job of the engine's role in this process (CALL commits: autocommit)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("CALL pgdispatch.work(drain => true)"))
+
+
+def job(engine: Engine, job_id: int) -> dict[str, Any]:
+    found = rows(engine, "SELECT * FROM pgdispatch.jobs WHERE id = :id", id=job_id)
+    assert found, f"job {job_id} not visible"
+    return dict(found[0])
+
+
+@pytest.fixture
+def db(pgdispatch_db: Engine, schema: str) -> Iterator[Engine]:
+    """The superuser's engine, pgdispatch installed, an empty queue, a fresh schema."""
+    drain(pgdispatch_db)
+    run(pgdispatch_db, f'CREATE TABLE "{schema}".t (v text, at timestamptz DEFAULT clock_timestamp())')
+    yield pgdispatch_db
+
+
+@pytest.fixture
+def settings(pgdispatch_db: Engine) -> Iterator[Any]:
+    """Change pgdispatch.settings for one test; restored afterwards."""
+    saved = rows(pgdispatch_db, "SELECT * FROM pgdispatch.settings")[0]
+
+    def change(**values: Any) -> None:
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        run(pgdispatch_db, f"UPDATE pgdispatch.settings SET {sets}", **values)
+
+    yield change
+    change(**{k: v for k, v in saved.items() if k != "singleton"})
+
+
+def role_engine(server: Any, role: str) -> Engine:
+    return create_engine(server.connect_url(user=role))

@@ -1,0 +1,187 @@
+"""Workers: session isolation between jobs, the watchdog (timeouts, cancellation),
+start/stop and their pg_cron jobs, who may run whose jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, exc, text
+
+from .conftest import drain, job, role_engine, rows, run
+
+
+def test_no_job_shapes_the_next_one(db: Engine, schema: str) -> None:
+    record = f"INSERT INTO \"{schema}\".t(v) SELECT %s"
+    commands = [
+        "SET work_mem = '77MB'",
+        "SELECT set_config('statement_timeout', '1234', false)",
+        "SET LOCAL search_path = pg_catalog",
+        "CREATE TEMP TABLE t(v text); INSERT INTO t VALUES ('temp')",
+        "PREPARE p AS SELECT 1",
+        "LISTEN somewhere",
+        record % "current_setting('work_mem') || '|' || current_setting('statement_timeout')",
+        record % "(SELECT string_agg(name, ',') FROM pg_prepared_statements)",
+        record % "coalesce(current_setting('search_path'), '')",
+        record % "(SELECT count(*)::text FROM pg_listening_channels())",
+        record % "(SELECT count(*)::text FROM pg_class WHERE relnamespace = pg_my_temp_schema())",
+    ]
+    for command in commands:
+        run(db, "SELECT pgdispatch.fire(:c)", c=command)
+    drain(db)
+    seen = [r["v"] for r in rows(db, f'SELECT v FROM "{schema}".t ORDER BY at')]
+    assert seen[0].split("|") == ["4MB", "0"]
+    assert seen[1] is None  # no prepared statement left
+    assert seen[2] == '"$user", public'
+    assert seen[3] == "0"
+    assert seen[4] == "0"  # the temp table is gone
+    assert rows(db, f"SELECT * FROM \"{schema}\".t WHERE v = 'temp'") == []
+
+
+def test_work_refuses_to_run_jobs_under_set_role(db: Engine, pgdispatch_role) -> None:  # type: ignore[no-untyped-def]
+    alice = pgdispatch_role("alice")
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'SET ROLE "{alice}"'))
+        try:
+            with pytest.raises(exc.DBAPIError, match="session's login role"):
+                conn.execute(text("CALL pgdispatch.work(drain => true)"))
+        finally:
+            conn.execute(text("RESET ROLE"))  # the connection goes back to the pool
+
+
+@pytest.fixture
+def watchdog(db: Engine) -> Iterator[None]:
+    """The superuser's watchdog, in a session of its own for the test."""
+    thread = threading.Thread(
+        target=lambda: _call(db, "CALL pgdispatch.watchdog(max_runtime => '8 seconds')")
+    )
+    thread.start()
+    time.sleep(0.3)
+    yield
+    thread.join()
+
+
+def _call(db: Engine, sql: str) -> None:
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(sql))
+
+
+def test_timeout_interrupts_a_running_job_and_the_worker_goes_on(
+    db: Engine, schema: str, watchdog: None
+) -> None:
+    slow = run(db, "SELECT pgdispatch.dispatch('SELECT pg_sleep(60)', timeout => '1 second')")
+    after = run(db, f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''after'')')")
+    started = time.monotonic()
+    drain(db)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5
+    found = job(db, slow)
+    assert found["state"] == "failed"
+    assert found["error"]["sqlstate"] == "57014"
+    assert "timeout" in found["error"]["message"]
+    assert job(db, after)["state"] == "succeeded"
+
+
+def test_cancelling_a_running_job(db: Engine, watchdog: None) -> None:
+    slow = run(db, "SELECT pgdispatch.dispatch('SELECT pg_sleep(60)')")
+    worker = threading.Thread(target=drain, args=(db,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while job(db, slow)["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run(db, "SELECT pgdispatch.cancel(:id)", id=slow) is True
+    finally:
+        worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert job(db, slow)["state"] == "cancelled"
+
+
+def cron_jobs(db: Engine, role: str) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in rows(
+            db,
+            "SELECT jobname, schedule, command FROM cron.job WHERE username = :r ORDER BY jobname",
+            r=role,
+        )
+    ]
+
+
+def test_first_dispatch_starts_workers_and_stop_keeps_them_stopped(
+    db: Engine, pgdispatch_server, pgdispatch_role  # type: ignore[no-untyped-def]
+) -> None:
+    bob = pgdispatch_role("bob")
+    bob_db = role_engine(pgdispatch_server, bob)
+    try:
+        assert cron_jobs(db, bob) == []
+        run(bob_db, "SELECT pgdispatch.fire('SELECT 1')")
+        schedule = "* * * * *" if run(db, "SELECT NOT (pgdispatch.cron_info()).second_schedules") else "10 seconds"
+        assert cron_jobs(db, bob) == [
+            {"jobname": f"pgdispatch:{bob}:1", "schedule": schedule,
+             "command": "CALL pgdispatch.work(slot => 1)"},
+            {"jobname": f"pgdispatch:{bob}:watchdog", "schedule": schedule,
+             "command": "CALL pgdispatch.watchdog()"},
+        ]
+        run(bob_db, "SELECT pgdispatch.start(3)")
+        assert [j["jobname"] for j in cron_jobs(db, bob)] == [
+            f"pgdispatch:{bob}:{n}" for n in (1, 2, 3)
+        ] + [f"pgdispatch:{bob}:watchdog"]
+        run(bob_db, "SELECT pgdispatch.start(2)")
+        assert len(cron_jobs(db, bob)) == 3
+        run(bob_db, "SELECT pgdispatch.stop()")
+        assert cron_jobs(db, bob) == []
+        # dispatching after stop() queues without restarting anything
+        run(bob_db, "SELECT pgdispatch.fire('SELECT 2')")
+        assert cron_jobs(db, bob) == []
+        assert run(bob_db, "SELECT count(*) FROM pgdispatch.jobs WHERE state = 'queued'") == 2
+        drain(bob_db)
+    finally:
+        bob_db.dispose()
+
+
+def test_nologin_roles_get_a_clear_error_at_dispatch(db: Engine, pgdispatch_role) -> None:  # type: ignore[no-untyped-def]
+    ghost = pgdispatch_role("ghost", login=False)
+    with db.connect() as conn:
+        conn.execute(text(f'SET ROLE "{ghost}"'))
+        with pytest.raises(exc.DBAPIError, match="cannot log in") as raised:
+            conn.execute(text("SELECT pgdispatch.fire('SELECT 1')"))
+        assert "SECURITY DEFINER" in str(raised.value)
+
+
+def test_roles_see_and_cancel_only_their_own_jobs(
+    db: Engine, pgdispatch_server, pgdispatch_role  # type: ignore[no-untyped-def]
+) -> None:
+    alice, mallory = pgdispatch_role("alice"), pgdispatch_role("mallory")
+    alice_db, mallory_db = (role_engine(pgdispatch_server, r) for r in (alice, mallory))
+    try:
+        run(alice_db, "SELECT pgdispatch.stop()")
+        secret = run(
+            alice_db,
+            "SELECT pgdispatch.dispatch('SELECT $1', payload => '{\"secret\": 1}', delay => '1 hour')",
+        )
+        assert run(mallory_db, "SELECT count(*) FROM pgdispatch.jobs WHERE id = :id", id=secret) == 0
+        assert run(mallory_db, "SELECT count(*) FROM pgdispatch.job") == 0
+        with pytest.raises(exc.DBAPIError, match="does not exist or belongs to another role"):
+            run(mallory_db, "SELECT pgdispatch.cancel(:id)", id=secret)
+        assert run(mallory_db, "SELECT pgdispatch.fetch_results(:id)", id=secret) is None
+        # the superuser (an administrator) sees every role's jobs
+        assert run(db, "SELECT role FROM pgdispatch.jobs WHERE id = :id", id=secret) == alice
+        assert run(alice_db, "SELECT pgdispatch.cancel(:id)", id=secret) is True
+    finally:
+        alice_db.dispose()
+        mallory_db.dispose()
+
+
+def test_roles_without_usage_cannot_dispatch(db: Engine, pgdispatch_server) -> None:  # type: ignore[no-untyped-def]
+    run(db, 'CREATE ROLE "stranger_pgd" LOGIN')
+    stranger = role_engine(pgdispatch_server, "stranger_pgd")
+    try:
+        with pytest.raises(exc.DBAPIError, match="permission denied"):
+            run(stranger, "SELECT pgdispatch.fire('SELECT 1')")
+    finally:
+        stranger.dispose()
+        run(db, 'DROP ROLE "stranger_pgd"')
