@@ -40,10 +40,6 @@ def crash_env(rel: Any):
             su.execute("CREATE SCHEMA app")
             su.execute("CREATE TABLE app.sink (id integer NOT NULL)")
             su.execute(f"GRANT USAGE ON SCHEMA app TO {role}; GRANT INSERT ON app.sink TO {role}")
-            # Work-around for the 0.1.0 bug covered by test_privileges.py::
-            # test_non_superuser_first_dispatch_starts_its_workers: cron_info() reads
-            # cron.use_background_workers, which a plain role may not read.
-            su.execute(f"GRANT pg_read_all_settings TO {role}")
         yield server, role
 
 
