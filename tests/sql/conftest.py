@@ -57,3 +57,23 @@ def settings(pgdispatch_db: Engine) -> Iterator[Any]:
 
 def role_engine(server: Any, role: str) -> Engine:
     return create_engine(server.connect_url(user=role))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cron_role(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A login role whose pg_cron workers are started as soon as the first SQL test
+    runs, so that pg_cron's first minute tick passes while the other tests run.
+    Only when end-to-end (``e2e``) tests were collected."""
+    if not any(item.get_closest_marker("e2e") for item in request.session.items):
+        yield None
+        return
+    make = request.getfixturevalue("pgdispatch_role")
+    server = request.getfixturevalue("pgdispatch_server")
+    role = make("cron")
+    engine = role_engine(server, role)
+    try:
+        run(engine, "SELECT pgdispatch.start(1)")
+        yield role
+        run(engine, "SELECT pgdispatch.stop()")
+    finally:
+        engine.dispose()
