@@ -1,0 +1,251 @@
+"""Lifecycle: install, upgrade with queued jobs, uninstall; and the attacks on the owner.
+
+Runs on a server of its own: it uninstalls pgdispatch, which the shared server must
+never see. Every test starts from a fresh install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import psycopg
+import pytest
+
+from sa_pgdispatch.install import (
+    InstallError,
+    available_versions,
+    install,
+    installed_version,
+    latest_version,
+    uninstall,
+    upgrade,
+)
+
+
+@pytest.fixture(scope="module")
+def server(rel: Any):
+    with rel.own_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def fresh(rel: Any, server: Any):
+    """A server without pgdispatch (dropped the hard way, not by the code under test)."""
+    with rel.connect(server) as su:
+        su.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'pgdispatch:%'")
+        su.execute("DROP SCHEMA IF EXISTS pgdispatch CASCADE")
+        su.execute("DROP SCHEMA IF EXISTS app CASCADE; CREATE SCHEMA app")
+        su.execute("CREATE TABLE app.sink (id integer); GRANT USAGE ON SCHEMA app TO PUBLIC;"
+                   " GRANT INSERT, SELECT ON app.sink TO PUBLIC")
+    return server
+
+
+def _snapshot(conn: Any) -> dict[str, Any]:
+    return {
+        "functions": sorted(
+            conn.execute(
+                "SELECT p.oid::bigint, p.proname, md5(p.prosrc) FROM pg_proc p"
+                " WHERE p.pronamespace = 'pgdispatch'::regnamespace"
+            ).fetchall()
+        ),
+        "tables": sorted(
+            conn.execute(
+                "SELECT c.oid::bigint, c.relname FROM pg_class c"
+                " WHERE c.relnamespace = 'pgdispatch'::regnamespace"
+            ).fetchall()
+        ),
+        "cron": sorted(
+            conn.execute(
+                "SELECT jobid, jobname, schedule, command, username FROM cron.job"
+                " WHERE jobname LIKE 'pgdispatch:%'"
+            ).fetchall()
+        ),
+        "settings": conn.execute("SELECT * FROM pgdispatch.settings").fetchall(),
+        "workers": conn.execute("SELECT role, workers, enabled FROM pgdispatch.worker").fetchall(),
+    }
+
+
+def _dispatch_sink(rel: Any, server: Any, role: str, ids: range) -> list[int]:
+    with rel.connect(server, role) as conn:
+        return [
+            rel.count(
+                conn,
+                "SELECT pgdispatch.dispatch('INSERT INTO app.sink VALUES (($1->>''i'')::int)',"
+                " jsonb_build_object('i', %s::int))",
+                (i,),
+            )
+            for i in ids
+        ]
+
+
+def test_install_twice_is_a_noop(rel: Any, fresh: Any) -> None:
+    with rel.connect(fresh) as su:
+        assert install(su, workers=1) == latest_version()
+        before = _snapshot(su)
+        assert len(before["cron"]) == 2  # postgres's worker and watchdog
+        assert install(su, workers=1) == latest_version()
+        assert install(su) == latest_version()
+        assert _snapshot(su) == before
+
+
+def test_upgrade_with_queued_jobs_keeps_and_runs_them(rel: Any, fresh: Any) -> None:
+    versions = available_versions()
+    if len(versions) < 2:
+        pytest.skip(f"only one pgdispatch version ships ({versions}): no upgrade path to test")
+    previous = versions[-2]
+    with rel.connect(fresh) as su:
+        assert install(su, version=previous, workers=0) == previous
+    role = rel.make_role(fresh, "upg")
+    with rel.connect(fresh, role) as conn:
+        conn.execute("SELECT pgdispatch.stop()")
+    jobs = _dispatch_sink(rel, fresh, role, range(1, 21))
+    with rel.connect(fresh) as su:
+        assert upgrade(su) == latest_version()
+        assert installed_version(su) == latest_version()
+        assert su.execute("SELECT pgdispatch.version()").fetchone() == (latest_version(),)
+    with rel.connect(fresh, role) as conn:
+        states = conn.execute(
+            "SELECT state, count(*) FROM pgdispatch.jobs WHERE id = ANY(%s) GROUP BY state",
+            (jobs,),
+        ).fetchall()
+        assert states == [("queued", 20)]
+        conn.execute("CALL pgdispatch.work(drain => true)")
+        states = conn.execute(
+            "SELECT state, count(*) FROM pgdispatch.jobs WHERE id = ANY(%s) GROUP BY state",
+            (jobs,),
+        ).fetchall()
+        assert states == [("succeeded", 20)]
+        assert conn.execute("SELECT array_agg(id ORDER BY id) FROM app.sink").fetchone() == (
+            list(range(1, 21)),
+        )
+
+
+def test_uninstall_refuses_while_jobs_are_queued(rel: Any, fresh: Any) -> None:
+    with rel.connect(fresh) as su:
+        install(su, workers=0)
+        su.execute("SELECT pgdispatch.stop()")
+        job = rel.count(su, "SELECT pgdispatch.dispatch('SELECT 1', delay => '1 hour')")
+        with pytest.raises(InstallError, match="unfinished"):
+            uninstall(su)
+        assert installed_version(su) == latest_version()
+        assert su.execute("SELECT state FROM pgdispatch.jobs WHERE id = %s", (job,)).fetchone() == (
+            "queued",
+        )
+        assert su.execute("SELECT pgdispatch.cancel(%s)", (job,)).fetchone() == (True,)
+        assert uninstall(su) is True
+        assert installed_version(su) is None
+        assert uninstall(su) is False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="0.1.0 bug: prepare_uninstall() runs UPDATE pgdispatch.worker SET enabled = false "
+    "over every role's row, which violates CHECK worker_role_is_current_user for rows of "
+    "other roles, so uninstall fails once any other role ever dispatched",
+)
+def test_uninstall_removes_every_pg_cron_job_of_every_role(rel: Any, fresh: Any) -> None:
+    with rel.connect(fresh) as su:
+        install(su, workers=1)
+    running, stopped = rel.make_role(fresh, "keep"), rel.make_role(fresh, "stopd")
+    for role in (running, stopped):
+        _dispatch_sink(rel, fresh, role, range(1, 3))  # first dispatch schedules workers
+        rel.drain(fresh, role)
+    with rel.connect(fresh, stopped) as conn:
+        conn.execute("SELECT pgdispatch.stop()")
+    with rel.connect(fresh) as su:
+        names = {r[0] for r in su.execute("SELECT jobname FROM cron.job")}
+        assert {f"pgdispatch:{running}:1", f"pgdispatch:{running}:watchdog"} <= names
+        assert uninstall(su) is True
+        left = su.execute(
+            "SELECT jobname FROM cron.job WHERE jobname LIKE 'pgdispatch:%'"
+            " OR command LIKE '%pgdispatch.%'"
+        ).fetchall()
+        assert left == []
+        assert su.execute("SELECT to_regnamespace('pgdispatch')").fetchone() == (None,)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="0.1.0 bug: any role may INSERT any function into pgdispatch.definer_function; "
+    "prepare_uninstall() then runs DROP FUNCTION ... CASCADE on it as the uninstalling "
+    "(super)user",
+)
+def test_a_role_cannot_make_uninstall_drop_someone_elses_function(rel: Any, fresh: Any) -> None:
+    with rel.connect(fresh) as su:
+        install(su, workers=0)
+        su.execute("CREATE FUNCTION app.precious() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+    mallory = rel.make_role(fresh, "mallory")
+    # (a fix may refuse the row outright)
+    with (
+        rel.connect(fresh, mallory) as conn,
+        contextlib.suppress(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("INSERT INTO pgdispatch.definer_function (fn) VALUES ('app.precious()')")
+    with rel.connect(fresh) as su:
+        uninstall(su, force=True)
+        assert su.execute("SELECT to_regprocedure('app.precious()')").fetchone() == (
+            "precious()",
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="0.1.0 bug: any role may INSERT a cancel_request for another role's job id; the "
+    "owner's (RLS-exempt) watchdog and worker see it and cancel the owner's running job",
+)
+def test_a_role_cannot_cancel_the_owners_running_job(rel: Any, fresh: Any) -> None:
+    with rel.connect(fresh) as su:
+        install(su, workers=0)
+        su.execute("SELECT pgdispatch.stop()")
+        job = rel.count(su, "SELECT pgdispatch.dispatch('SELECT pg_sleep(2)')")
+    mallory = rel.make_role(fresh, "mallory")
+    watchdog = rel.WorkerThread(fresh, None, "CALL pgdispatch.watchdog(max_runtime => '8 s')")
+    worker = rel.WorkerThread(fresh, None, "CALL pgdispatch.work(drain => true)")
+    watchdog.start()
+    worker.start()
+    try:
+        with rel.connect(fresh) as su:
+            rel.wait_for(
+                lambda: su.execute(
+                    "SELECT state FROM pgdispatch.jobs WHERE id = %s", (job,)
+                ).fetchone() == ("running",),
+                timeout=30, interval=0.02, what="the owner's job to run",
+            )
+        with rel.connect(fresh, mallory) as conn, contextlib.suppress(psycopg.Error):
+            conn.execute("INSERT INTO pgdispatch.cancel_request (job_id) VALUES (%s)", (job,))
+        worker.join(timeout=60)
+        with rel.connect(fresh) as su:
+            state = su.execute("SELECT state FROM pgdispatch.jobs WHERE id = %s", (job,)).fetchone()
+    finally:
+        with rel.connect(fresh) as su:
+            if watchdog.pid is not None:
+                su.execute("SELECT pg_cancel_backend(%s)", (watchdog.pid,))
+        watchdog.join(timeout=30)
+    assert state == ("succeeded",)
+
+
+def test_uninstall_stops_live_worker_sessions(rel: Any, fresh: Any) -> None:
+    """A worker still serving when pgdispatch is removed exits instead of erroring."""
+    with rel.connect(fresh) as su:
+        install(su, workers=0)
+        su.execute("SELECT pgdispatch.stop()")
+    worker = rel.WorkerThread(
+        fresh, None, "CALL pgdispatch.work(slot => 1, max_runtime => '10 minutes')"
+    )
+    worker.start()
+    with rel.connect(fresh) as su:
+        rel.wait_for(
+            lambda: rel.count(
+                su, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = 1885824114 AND granted"
+            ) == 1,
+            timeout=30, interval=0.05, what="the worker to take its slot",
+        )
+        assert uninstall(su) is True
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    with rel.connect(fresh) as su:
+        assert rel.count(
+            su, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL pgdispatch.work%'"
+        ) == 0
