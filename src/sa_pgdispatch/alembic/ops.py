@@ -1,0 +1,637 @@
+"""Alembic operations for pgdispatch and dispatch triggers, with their reverses.
+
+Importing this module (``import sa_pgdispatch.alembic`` does) registers on
+``alembic.op``:
+
+* ``op.install_pgdispatch(version=None, workers=1)`` / ``op.uninstall_pgdispatch(force=False)``
+  (each the reverse of the other);
+* ``op.upgrade_pgdispatch(to_version=None, from_version=None)`` (no reverse: pgdispatch
+  has no downgrade scripts);
+* ``op.create_dispatch_trigger(...)`` / ``op.drop_dispatch_trigger(...)`` (a drop carries
+  the full definition, so that its reverse re-creates the same trigger) and
+  ``op.replace_dispatch_trigger(..., existing={...})`` (a changed definition, migrated
+  in place; its reverse restores ``existing``).
+
+Every operation works online and in offline mode (``alembic upgrade --sql``): the
+pgdispatch scripts come from :func:`sa_pgdispatch.install.install_sql` /
+:func:`~sa_pgdispatch.install.uninstall_sql`, the trigger DDL from the constructs of
+:mod:`sa_pgdispatch.triggers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from alembic.operations import MigrateOperation, Operations
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.sql.expression import TableClause
+
+from ..install import InstallError, install, install_sql, uninstall, uninstall_sql, upgrade
+from ..install import upgrade_sql as _upgrade_sql
+from ..triggers import (
+    DispatchTrigger,
+    DispatchTriggerInfo,
+    DropDispatchTrigger,
+    check_installed,
+    create_dispatch_trigger_ddl,
+)
+
+__all__ = [
+    "CreateDispatchTriggerOp",
+    "DispatchTriggerOpError",
+    "DropDispatchTriggerOp",
+    "InstallPgdispatchOp",
+    "ReplaceDispatchTriggerOp",
+    "TriggerDefinition",
+    "UninstallPgdispatchOp",
+    "UpgradePgdispatchOp",
+]
+
+#: MigrationContext option (``context.configure(pgdispatch_force_uninstall=True)``) that
+#: makes every ``op.uninstall_pgdispatch()`` forced. The template's env.py sets it from
+#: ``alembic -x force_uninstall=true ...``.
+FORCE_UNINSTALL_OPTION = "pgdispatch_force_uninstall"
+
+IntervalArg = dt.timedelta | str
+
+
+class DispatchTriggerOpError(ValueError):
+    """A pgdispatch migration operation cannot be built, reversed or run as asked."""
+
+
+# ---------------------------------------------------------------------------------------
+# trigger definitions
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerDefinition:
+    """What a dispatch trigger does, apart from its name and table.
+
+    The fields are the keyword arguments of ``op.create_dispatch_trigger`` in their
+    normalised form: events in the order insert, update, delete; ``columns`` sorted;
+    intervals as text; ``when`` as SQL text.
+    """
+
+    function: str
+    on: tuple[str, ...] = ("insert",)
+    columns: tuple[str, ...] | None = None
+    when: str | None = None
+    for_each: Literal["row", "statement"] = "row"
+    delay: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    timeout: str | None = None
+    security: Literal["invoker", "definer"] = "invoker"
+
+    @classmethod
+    def build(
+        cls,
+        trigger_name: str,
+        function: str,
+        *,
+        on: str | Sequence[str] = ("insert",),
+        columns: Sequence[str] | None = None,
+        when: str | None = None,
+        for_each: Literal["row", "statement"] = "row",
+        delay: IntervalArg | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: IntervalArg | None = None,
+        security: Literal["invoker", "definer"] = "invoker",
+    ) -> TriggerDefinition:
+        """Validate the arguments (as :class:`DispatchTrigger` does) and normalise them."""
+        if when is not None and not isinstance(when, str):
+            raise DispatchTriggerOpError(
+                f"trigger {trigger_name!r}: in a migration, when is SQL text "
+                f"(e.g. \"NEW.status = 'active'\"), got {when!r}"
+            )
+        trigger = DispatchTrigger(
+            trigger_name,
+            function,
+            on=on,
+            columns=list(columns) if columns is not None else None,
+            when=when,
+            for_each=for_each,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            security=security,
+        )
+        return cls.from_trigger(trigger)
+
+    @classmethod
+    def from_trigger(
+        cls, trigger: DispatchTrigger, table: sa.Table | TableClause | None = None
+    ) -> TriggerDefinition:
+        """The definition of a declared :class:`DispatchTrigger` (``when`` rendered)."""
+        return cls(
+            function=trigger.function,
+            on=trigger.events,
+            columns=trigger.columns or None,
+            when=trigger.when_sql(table if table is not None else trigger.table),
+            for_each=trigger.for_each,
+            delay=trigger.delay,
+            priority=None if trigger.priority is None else int(trigger.priority),
+            max_attempts=None if trigger.max_attempts is None else int(trigger.max_attempts),
+            timeout=trigger.timeout,
+            security=trigger.security,
+        )
+
+    @classmethod
+    def from_info(cls, info: DispatchTriggerInfo) -> TriggerDefinition:
+        """The definition of a reflected trigger (:func:`reflect_dispatch_triggers`)."""
+        if info.timing != "after" or info.unknown_options or "truncate" in info.events:
+            raise DispatchTriggerOpError(
+                f"trigger {info.name!r} on {info.table_name!r} uses pgdispatch.trigger() in a "
+                "way a DispatchTrigger cannot express (timing "
+                f"{info.timing}, events {info.events}, unknown options {info.unknown_options})"
+            )
+        return cls(
+            function=info.function,
+            on=info.events,
+            columns=info.columns or None,
+            when=info.when,
+            for_each="statement" if info.for_each == "statement" else "row",
+            delay=info.delay,
+            priority=None if info.priority is None else int(info.priority),
+            max_attempts=None if info.max_attempts is None else int(info.max_attempts),
+            timeout=info.timeout,
+            security="definer" if info.security == "definer" else "invoker",
+        )
+
+    @classmethod
+    def from_mapping(cls, trigger_name: str, values: Mapping[str, Any]) -> TriggerDefinition:
+        """A definition from keyword arguments (``drop_dispatch_trigger(**definition)``,
+        ``existing={...}``); ``function`` is required."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DispatchTriggerOpError(
+                f"trigger {trigger_name!r}: unknown definition argument(s) {', '.join(unknown)} "
+                f"(expected {', '.join(sorted(known))})"
+            )
+        if not values.get("function"):
+            raise DispatchTriggerOpError(
+                f"trigger {trigger_name!r}: the definition needs function='schema.fn'"
+            )
+        return cls.build(trigger_name, **values)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Every field but ``function`` (the ``op.create_dispatch_trigger`` keywords)."""
+        values = dataclasses.asdict(self)
+        del values["function"]
+        return values
+
+    def non_default_kwargs(self) -> dict[str, Any]:
+        """The keywords whose value is not the default, in field order (for rendering)."""
+        defaults = TriggerDefinition(function=self.function)
+        return {k: v for k, v in self.kwargs().items() if getattr(defaults, k) != v}
+
+    def as_mapping(self) -> dict[str, Any]:
+        """All non-default fields including ``function`` (``existing={...}``)."""
+        return {"function": self.function, **self.non_default_kwargs()}
+
+    def to_trigger(self, trigger_name: str) -> DispatchTrigger:
+        """A (detached) :class:`DispatchTrigger` with this definition."""
+        return DispatchTrigger(
+            trigger_name,
+            self.function,
+            on=self.on,
+            columns=list(self.columns) if self.columns else None,
+            when=self.when,
+            for_each=self.for_each,
+            delay=self.delay,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+            security=self.security,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# pgdispatch itself
+
+
+@Operations.register_operation("install_pgdispatch")
+class InstallPgdispatchOp(MigrateOperation):
+    """Install pgdispatch (``version``: default the latest this package ships).
+
+    ``workers``: pg_cron workers started for the migrating role (0 or None: none; the
+    first dispatch starts them). Online, an existing older install is upgraded and the
+    same version is left alone (:func:`sa_pgdispatch.install.install`); offline it
+    writes the full install script, for an empty database.
+    """
+
+    def __init__(self, version: str | None = None, workers: int | None = 1) -> None:
+        self.version = version
+        self.workers = workers
+
+    @classmethod
+    def install_pgdispatch(
+        cls, operations: Operations, version: str | None = None, workers: int | None = 1
+    ) -> None:
+        """Install pgdispatch; see :class:`InstallPgdispatchOp`."""
+        operations.invoke(cls(version=version, workers=workers))
+
+    def reverse(self) -> UninstallPgdispatchOp:
+        return UninstallPgdispatchOp(force=False, version=self.version, workers=self.workers)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("install_pgdispatch", self.version)
+
+
+@Operations.register_operation("uninstall_pgdispatch")
+class UninstallPgdispatchOp(MigrateOperation):
+    """Remove pgdispatch: its schema, its pg_cron jobs, its definer trigger functions.
+
+    Refuses (in SQL, ``pgdispatch.prepare_uninstall``, so offline scripts refuse too)
+    while jobs are queued or running, or dispatch triggers exist, unless ``force`` (or
+    the migration context option ``pgdispatch_force_uninstall``, set by the template's
+    env.py from ``alembic -x force_uninstall=true``). ``version`` / ``workers`` only
+    serve the reverse (the install it undoes).
+    """
+
+    def __init__(
+        self, force: bool = False, *, version: str | None = None, workers: int | None = 1
+    ) -> None:
+        self.force = force
+        self.version = version
+        self.workers = workers
+
+    @classmethod
+    def uninstall_pgdispatch(cls, operations: Operations, force: bool = False) -> None:
+        """Uninstall pgdispatch; see :class:`UninstallPgdispatchOp`."""
+        operations.invoke(cls(force=force))
+
+    def reverse(self) -> InstallPgdispatchOp:
+        return InstallPgdispatchOp(version=self.version, workers=self.workers)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("uninstall_pgdispatch", self.force)
+
+
+@Operations.register_operation("upgrade_pgdispatch")
+class UpgradePgdispatchOp(MigrateOperation):
+    """Upgrade an installed pgdispatch to ``to_version`` (default: the latest).
+
+    Online the installed version is read from the database. Offline it cannot be, so
+    ``from_version`` is required there. pgdispatch has no downgrade scripts, so this
+    operation has no reverse: :meth:`reverse` raises, and the ``downgrade()`` of a
+    revision that upgrades pgdispatch is written by hand (usually ``pass``: the newer
+    version stays installed, with its queued jobs).
+    """
+
+    def __init__(self, to_version: str | None = None, from_version: str | None = None) -> None:
+        self.to_version = to_version
+        self.from_version = from_version
+
+    @classmethod
+    def upgrade_pgdispatch(
+        cls,
+        operations: Operations,
+        to_version: str | None = None,
+        from_version: str | None = None,
+    ) -> None:
+        """Upgrade pgdispatch; see :class:`UpgradePgdispatchOp`."""
+        operations.invoke(cls(to_version=to_version, from_version=from_version))
+
+    def reverse(self) -> MigrateOperation:
+        raise DispatchTriggerOpError(
+            "op.upgrade_pgdispatch() has no reverse: pgdispatch upgrades cannot be "
+            "downgraded. Write this revision's downgrade() by hand (usually `pass`: the "
+            "newer version stays installed)."
+        )
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("upgrade_pgdispatch", self.from_version, self.to_version)
+
+
+# ---------------------------------------------------------------------------------------
+# dispatch triggers
+
+
+class _TriggerOp(MigrateOperation):
+    def __init__(
+        self,
+        trigger_name: str,
+        table_name: str,
+        definition: TriggerDefinition | None,
+        *,
+        schema: str | None = None,
+    ) -> None:
+        self.trigger_name = trigger_name
+        self.table_name = table_name
+        self.schema = schema
+        self.definition = definition
+
+    def _required_definition(self, what: str) -> TriggerDefinition:
+        if self.definition is None:
+            raise DispatchTriggerOpError(
+                f"{what} trigger {self.trigger_name!r} on {self.table_name!r}: its definition is "
+                "unknown; give drop_dispatch_trigger() the trigger's arguments "
+                "(function=..., on=..., ...) so that it can be re-created"
+            )
+        return self.definition
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.trigger_name!r}, {self.table_name!r}, "
+            f"schema={self.schema!r}, definition={self.definition!r})"
+        )
+
+
+@Operations.register_operation("create_dispatch_trigger")
+class CreateDispatchTriggerOp(_TriggerOp):
+    """``CREATE TRIGGER ... EXECUTE FUNCTION pgdispatch.trigger(...)``; reverse: drop."""
+
+    definition: TriggerDefinition
+
+    def __init__(
+        self,
+        trigger_name: str,
+        table_name: str,
+        definition: TriggerDefinition,
+        *,
+        schema: str | None = None,
+    ) -> None:
+        super().__init__(trigger_name, table_name, definition, schema=schema)
+
+    @classmethod
+    def create_dispatch_trigger(
+        cls,
+        operations: Operations,
+        trigger_name: str,
+        table_name: str,
+        function: str,
+        *,
+        schema: str | None = None,
+        on: str | Sequence[str] = ("insert",),
+        columns: Sequence[str] | None = None,
+        when: str | None = None,
+        for_each: Literal["row", "statement"] = "row",
+        delay: IntervalArg | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: IntervalArg | None = None,
+        security: Literal["invoker", "definer"] = "invoker",
+    ) -> None:
+        """Create a dispatch trigger: an ``AFTER`` trigger that dispatches ``function``.
+
+        The arguments are those of :class:`sa_pgdispatch.triggers.DispatchTrigger`
+        (``when`` as SQL text). ``security="definer"`` first makes
+        ``<schema>.pgdispatch_definer_trigger()`` (``pgdispatch.definer_trigger_function``).
+        """
+        definition = TriggerDefinition.build(
+            trigger_name,
+            function,
+            on=on,
+            columns=columns,
+            when=when,
+            for_each=for_each,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            security=security,
+        )
+        operations.invoke(cls(trigger_name, table_name, definition, schema=schema))
+
+    @classmethod
+    def from_trigger(
+        cls, trigger: DispatchTrigger, table: sa.Table, *, schema: str | None = None
+    ) -> CreateDispatchTriggerOp:
+        """The operation that creates a declared trigger (``schema`` as rendered)."""
+        return cls(
+            trigger.name, table.name, TriggerDefinition.from_trigger(trigger, table), schema=schema
+        )
+
+    def reverse(self) -> DropDispatchTriggerOp:
+        return DropDispatchTriggerOp(
+            self.trigger_name, self.table_name, self.definition, schema=self.schema
+        )
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("add_dispatch_trigger", self.schema, self.table_name, self.trigger_name,
+                self.definition)
+
+
+@Operations.register_operation("drop_dispatch_trigger")
+class DropDispatchTriggerOp(_TriggerOp):
+    """``DROP TRIGGER``; reverse: create, from the definition the drop carries."""
+
+    @classmethod
+    def drop_dispatch_trigger(
+        cls,
+        operations: Operations,
+        trigger_name: str,
+        table_name: str,
+        schema: str | None = None,
+        **definition: Any,
+    ) -> None:
+        """Drop a dispatch trigger.
+
+        ``definition`` (``function=..., on=..., when=...``, the keywords of
+        ``create_dispatch_trigger``) is optional for the drop itself; autogenerate
+        always writes it, so that the operation can be reversed.
+        """
+        parsed = TriggerDefinition.from_mapping(trigger_name, definition) if definition else None
+        operations.invoke(cls(trigger_name, table_name, parsed, schema=schema))
+
+    @classmethod
+    def from_info(cls, info: DispatchTriggerInfo, *, schema: str | None) -> DropDispatchTriggerOp:
+        """The operation that drops a reflected trigger (``schema`` as rendered)."""
+        return cls(info.name, info.table_name, TriggerDefinition.from_info(info), schema=schema)
+
+    def reverse(self) -> CreateDispatchTriggerOp:
+        definition = self._required_definition("cannot reverse the drop of")
+        return CreateDispatchTriggerOp(
+            self.trigger_name, self.table_name, definition, schema=self.schema
+        )
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("remove_dispatch_trigger", self.schema, self.table_name, self.trigger_name,
+                self.definition)
+
+
+@Operations.register_operation("replace_dispatch_trigger")
+class ReplaceDispatchTriggerOp(_TriggerOp):
+    """Change a dispatch trigger's definition in place, in the migration's transaction.
+
+    ``CREATE OR REPLACE TRIGGER`` on PostgreSQL 14 and later, ``DROP TRIGGER`` then
+    ``CREATE TRIGGER`` before 14 and in offline mode (where the server version is not
+    known). ``existing`` is the definition being replaced: the reverse restores it.
+    """
+
+    definition: TriggerDefinition
+
+    def __init__(
+        self,
+        trigger_name: str,
+        table_name: str,
+        definition: TriggerDefinition,
+        *,
+        schema: str | None = None,
+        existing: TriggerDefinition | None = None,
+    ) -> None:
+        super().__init__(trigger_name, table_name, definition, schema=schema)
+        self.existing = existing
+
+    @classmethod
+    def replace_dispatch_trigger(
+        cls,
+        operations: Operations,
+        trigger_name: str,
+        table_name: str,
+        function: str,
+        *,
+        schema: str | None = None,
+        on: str | Sequence[str] = ("insert",),
+        columns: Sequence[str] | None = None,
+        when: str | None = None,
+        for_each: Literal["row", "statement"] = "row",
+        delay: IntervalArg | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: IntervalArg | None = None,
+        security: Literal["invoker", "definer"] = "invoker",
+        existing: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Give an existing dispatch trigger a new definition (the arguments of
+        ``create_dispatch_trigger``); ``existing`` (``{"function": ..., ...}``) is the
+        old definition, needed only to reverse the operation."""
+        definition = TriggerDefinition.build(
+            trigger_name,
+            function,
+            on=on,
+            columns=columns,
+            when=when,
+            for_each=for_each,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            security=security,
+        )
+        old = TriggerDefinition.from_mapping(trigger_name, existing) if existing else None
+        operations.invoke(
+            cls(trigger_name, table_name, definition, schema=schema, existing=old)
+        )
+
+    def reverse(self) -> ReplaceDispatchTriggerOp:
+        if self.existing is None:
+            raise DispatchTriggerOpError(
+                f"cannot reverse the replacement of trigger {self.trigger_name!r} on "
+                f"{self.table_name!r}: give replace_dispatch_trigger() existing={{...}} "
+                "(the definition it replaces)"
+            )
+        return ReplaceDispatchTriggerOp(
+            self.trigger_name,
+            self.table_name,
+            self.existing,
+            schema=self.schema,
+            existing=self.definition,
+        )
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("replace_dispatch_trigger", self.schema, self.table_name, self.trigger_name,
+                self.existing, self.definition)
+
+
+# ---------------------------------------------------------------------------------------
+# implementations
+
+
+def _context(operations: Operations) -> MigrationContext:
+    return operations.get_context()
+
+
+def _static(operations: Operations, script: str) -> None:
+    """Write an SQL script verbatim into the offline output (no compilation: the
+    pgdispatch scripts hold dollar quotes, % signs and colons)."""
+    _context(operations).impl.static_output(script.strip())
+
+
+def _connection(operations: Operations) -> sa.Connection:
+    conn = _context(operations).connection
+    if conn is None:  # pragma: no cover - online mode always has one
+        raise DispatchTriggerOpError("no database connection in online mode")
+    return conn
+
+
+@Operations.implementation_for(InstallPgdispatchOp)
+def _install(operations: Operations, operation: InstallPgdispatchOp) -> None:
+    if _context(operations).as_sql:
+        _static(operations, install_sql(operation.version, workers=operation.workers))
+    else:
+        install(_connection(operations), version=operation.version, workers=operation.workers)
+
+
+@Operations.implementation_for(UninstallPgdispatchOp)
+def _uninstall(operations: Operations, operation: UninstallPgdispatchOp) -> None:
+    ctx = _context(operations)
+    force = operation.force or bool(ctx.opts.get(FORCE_UNINSTALL_OPTION, False))
+    if ctx.as_sql:
+        _static(operations, uninstall_sql(force=force))
+    else:
+        uninstall(_connection(operations), force=force)
+
+
+@Operations.implementation_for(UpgradePgdispatchOp)
+def _upgrade(operations: Operations, operation: UpgradePgdispatchOp) -> None:
+    if _context(operations).as_sql:
+        if operation.from_version is None:
+            raise InstallError(
+                "op.upgrade_pgdispatch() in offline (--sql) mode needs from_version=...: "
+                "the installed version cannot be read without a database"
+            )
+        script = _upgrade_sql(operation.from_version, operation.to_version)
+        if script.strip():
+            _static(operations, script)
+    else:
+        upgrade(_connection(operations), operation.to_version)
+
+
+def _table(operation: _TriggerOp) -> TableClause:
+    return sa.table(operation.table_name, schema=operation.schema)
+
+
+def _create(operations: Operations, operation: _TriggerOp, definition: TriggerDefinition,
+            *, or_replace: bool = False) -> None:
+    trigger = definition.to_trigger(operation.trigger_name)
+    if not _context(operations).as_sql:
+        # a clear error instead of "function pgdispatch.trigger() does not exist"
+        check_installed(_connection(operations))
+    for ddl in create_dispatch_trigger_ddl(trigger, _table(operation), or_replace=or_replace):
+        operations.execute(ddl)
+
+
+@Operations.implementation_for(CreateDispatchTriggerOp)
+def _create_trigger(operations: Operations, operation: CreateDispatchTriggerOp) -> None:
+    _create(operations, operation, operation.definition)
+
+
+@Operations.implementation_for(DropDispatchTriggerOp)
+def _drop_trigger(operations: Operations, operation: DropDispatchTriggerOp) -> None:
+    operations.execute(DropDispatchTrigger(operation.trigger_name, _table(operation)))
+
+
+def _supports_or_replace(operations: Operations) -> bool:
+    ctx = _context(operations)
+    if ctx.as_sql:
+        return False
+    version = ctx.dialect.server_version_info
+    return version is not None and version >= (14,)
+
+
+@Operations.implementation_for(ReplaceDispatchTriggerOp)
+def _replace_trigger(operations: Operations, operation: ReplaceDispatchTriggerOp) -> None:
+    if _supports_or_replace(operations):
+        _create(operations, operation, operation.definition, or_replace=True)
+    else:
+        operations.execute(DropDispatchTrigger(operation.trigger_name, _table(operation)))
+        _create(operations, operation, operation.definition)
