@@ -59,9 +59,7 @@ class VOID(sqltypes.NullType):
     """The SQL ``void`` return type: a :class:`~sqlalchemy.types.NullType` whose result
     value is always ``None`` (drivers return ``''`` for ``void``)."""
 
-    def result_processor(
-        self, dialect: Dialect, coltype: object
-    ) -> Callable[[Any], None]:
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], None]:
         def process(value: Any) -> None:
             return None
 
