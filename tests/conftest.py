@@ -53,7 +53,11 @@ def cron_proof(request: pytest.FixtureRequest) -> Iterator[CronProof | None]:
     if not _session_has_e2e(request.session):
         yield None
         return
-    engine: Engine = request.getfixturevalue("pgdispatch_engine")
+    try:
+        engine: Engine = request.getfixturevalue("pgdispatch_engine")
+    except pytest.skip.Exception:  # backend unavailable: the e2e tests skip by themselves
+        yield None
+        return
     token = uuid.uuid4().hex
     table = f"public.sa_pgdispatch_cron_proof_{token[:12]}"
     jobname = f"sa_pgdispatch_cron_proof_{token[:12]}"

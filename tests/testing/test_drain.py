@@ -93,8 +93,10 @@ def test_a_retried_job_is_counted_when_it_finishes(engine: Engine) -> None:
     assert job.error is not None
     assert job.error["sqlstate"] == "22012"
     with engine.begin() as conn:  # make the retry due now
-        conn.execute(text("UPDATE pgdispatch.job SET run_at = clock_timestamp() WHERE id = :i"),
-                     {"i": job_id})
+        conn.execute(
+            text("UPDATE pgdispatch.job SET run_at = clock_timestamp() WHERE id = :i"),
+            {"i": job_id},
+        )
     assert drain(engine) == 1
     assert jobs.get(engine, job_id).state is JobState.SUCCEEDED
 

@@ -39,7 +39,8 @@ def test_existing_server_validates_and_connects(pgdispatch_server: PgServer, for
     engine = create_engine(existing.url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT current_database()")).scalar_one() == "pgdispatch"
+            current = conn.execute(text("SELECT current_database()")).scalar_one()
+            assert current == pgdispatch_server.dbname
     finally:
         engine.dispose()
     with psycopg.connect(existing.connect_dsn(dbname="postgres")) as conn:
@@ -62,7 +63,7 @@ def test_dsn_of_another_database_is_refused_clearly(
     pgdispatch_server: PgServer, database_without_pg_cron: str
 ) -> None:
     dsn = pgdispatch_server.connect_dsn(dbname=database_without_pg_cron)
-    with pytest.raises(HarnessError, match="runs jobs from database 'pgdispatch'"):
+    with pytest.raises(HarnessError, match=f"runs jobs from database '{pgdispatch_server.dbname}'"):
         ExistingServer(dsn).validate()
 
 

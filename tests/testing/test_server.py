@@ -125,7 +125,7 @@ def test_dsn_and_url_shapes(pgdispatch_server: PgServer) -> None:
     )
 
 
-def test_pg_cron_extension_and_scheduler(pgdispatch_psycopg) -> None:
+def test_pg_cron_extension_and_scheduler(pgdispatch_server: PgServer, pgdispatch_psycopg) -> None:
     version = pgdispatch_psycopg.execute(
         "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"
     ).fetchone()
@@ -133,7 +133,7 @@ def test_pg_cron_extension_and_scheduler(pgdispatch_psycopg) -> None:
     launchers = pgdispatch_psycopg.execute(
         "SELECT datname FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher'"
     ).fetchall()
-    assert launchers == [("pgdispatch",)]
+    assert launchers == [(pgdispatch_server.dbname,)]
 
 
 def test_runs_as_unprivileged_user(pgdispatch_server: PgServer, pgdispatch_psycopg) -> None:
@@ -155,7 +155,10 @@ def test_runs_as_unprivileged_user(pgdispatch_server: PgServer, pgdispatch_psyco
         assert expected != "root"
 
 
-def test_hba_is_trust_on_socket_and_loopback_only(pgdispatch_psycopg) -> None:
+def test_hba_is_trust_on_socket_and_loopback_only(
+    pgdispatch_server: PgServer, pgdispatch_psycopg
+) -> None:
+    _require_ephemeral(pgdispatch_server)
     rules = pgdispatch_psycopg.execute(
         "SELECT type, database, user_name, address, auth_method, error"
         " FROM pg_hba_file_rules ORDER BY line_number"
