@@ -94,6 +94,9 @@ def test_options_are_applied(app: Engine, schema: str) -> None:
         ("'{schema}.side', 'priority'", "bad option"),
         ("'{schema}.side', 'priority=1', 'priority=2'", "bad option"),
         ("'{schema}.side', 'delay=soon'", "invalid input syntax"),
+        ("'{schema}.side', 'delay=-1 second'", "bad options"),
+        ("'{schema}.side', 'max_attempts=0'", "bad options"),
+        ("'{schema}.side', 'timeout=0'", "bad options"),
     ],
 )
 def test_bad_trigger_arguments_fail_the_firing_statement(

@@ -185,3 +185,22 @@ def test_roles_without_usage_cannot_dispatch(db: Engine, pgdispatch_server) -> N
     finally:
         stranger.dispose()
         run(db, 'DROP ROLE "stranger_pgd"')
+
+
+def test_prune_deletes_finished_jobs_past_retention_only(db: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    old = run(db, "SELECT pgdispatch.dispatch('SELECT 1')")
+    queued = run(db, "SELECT pgdispatch.dispatch('SELECT 1', delay => '1 hour')")
+    drain(db)
+    settings(retention="0 seconds")
+    assert run(db, "SELECT pgdispatch.prune()") >= 1
+    assert rows(db, "SELECT * FROM pgdispatch.jobs WHERE id = :id", id=old) == []
+    assert job(db, queued)["state"] == "queued"  # unfinished jobs are never pruned
+    run(db, "SELECT pgdispatch.cancel(:id)", id=queued)
+
+
+def test_workers_prune_on_their_own(db: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    done = run(db, "SELECT pgdispatch.dispatch('SELECT 1')")
+    drain(db)
+    settings(retention="0 seconds", prune_interval="200 milliseconds")
+    _call(db, "CALL pgdispatch.work(slot => 1, max_runtime => '1.5 seconds')")
+    assert rows(db, "SELECT * FROM pgdispatch.jobs WHERE id = :id", id=done) == []

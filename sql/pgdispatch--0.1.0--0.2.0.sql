@@ -1,0 +1,354 @@
+-- pgdispatch 0.1.0 -> 0.2.0
+--
+-- * pgdispatch.prune(max_rows): retention pruning callable on demand (workers call it
+--   every settings.prune_interval, a new setting, instead of a fixed 10 s).
+-- * pgdispatch.trigger(): the row-level hot path inserts the job itself instead of
+--   calling pgdispatch.dispatch() (one PL/pgSQL call less per dispatched row).
+-- Queued jobs are kept; running workers pick the new code up at their next run.
+
+ALTER TABLE pgdispatch.settings
+  ADD COLUMN prune_interval interval NOT NULL DEFAULT '10 seconds' CHECK (prune_interval > '0');
+
+-- Delete up to max_rows (default settings.prune_batch) of the calling role's finished jobs
+-- older than settings.retention, and cancellation requests of jobs no longer queued.
+-- Returns the number of history rows deleted.
+CREATE FUNCTION pgdispatch.prune(max_rows integer DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  cfg pgdispatch.settings;
+  deleted bigint;
+BEGIN
+  SELECT * INTO cfg FROM pgdispatch.settings;
+  DELETE FROM pgdispatch.job_history h
+   WHERE h.ctid = ANY (ARRAY(SELECT x.ctid FROM pgdispatch.job_history x
+                              WHERE x.role = current_user
+                                AND x.finished_at < clock_timestamp() - cfg.retention
+                              LIMIT coalesce(max_rows, cfg.prune_batch)));
+  GET DIAGNOSTICS deleted = ROW_COUNT;
+  DELETE FROM pgdispatch.cancel_request c
+   WHERE c.role = current_user
+     AND NOT EXISTS (SELECT 1 FROM pgdispatch.job q WHERE q.id = c.job_id);
+  RETURN deleted;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE pgdispatch.work(
+  slot integer DEFAULT 0,
+  drain boolean DEFAULT false,
+  max_runtime interval DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+  me name := session_user;
+  cfg pgdispatch.settings;
+  j pgdispatch.job;
+  t_start timestamptz := clock_timestamp();
+  deadline timestamptz;
+  hard_deadline timestamptz;
+  t_batch timestamptz;
+  t_job timestamptz;
+  t_last_job timestamptz := clock_timestamp();
+  t_settings timestamptz := clock_timestamp();
+  t_prune timestamptz := clock_timestamp();
+  sleep_s double precision;
+  claimed integer;
+  -- outcomes of the current batch
+  o_ids bigint[]; o_states text[]; o_started timestamptz[]; o_finished timestamptz[];
+  o_results jsonb[]; o_affected bigint[]; o_errors jsonb[];
+  res jsonb; affected bigint; err jsonb; ok boolean;
+  e_state text; e_msg text; e_detail text; e_hint text; e_context text;
+  enabled boolean;
+  backoff interval;
+BEGIN
+  IF me <> current_user THEN
+    RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
+                    'current_user %)', me, current_user
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Jobs run with exactly the privileges of the role that dispatched them: '
+                   'connect as that role instead of SET ROLE.';
+  END IF;
+  IF slot < 0 THEN
+    RAISE EXCEPTION 'pgdispatch: slot must be >= 0' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF slot > 0 THEN
+    IF NOT pg_try_advisory_lock(1885824113 + slot, pgdispatch._role_key()) THEN
+      RETURN;  -- another instance serves this slot (pg_cron catch-up run)
+    END IF;
+  END IF;
+  SELECT * INTO cfg FROM pgdispatch.settings;
+  IF max_runtime IS NOT NULL THEN
+    deadline := t_start + max_runtime;
+  ELSIF slot > 0 THEN
+    IF pgdispatch._worker_schedule() = '* * * * *' THEN
+      deadline := date_trunc('minute', t_start) + interval '1 minute' + interval '2 seconds';
+    ELSE
+      deadline := t_start + cfg.worker_runtime;
+    END IF;
+  ELSE
+    deadline := 'infinity';
+  END IF;
+  hard_deadline := deadline + cfg.worker_runtime;
+  COMMIT;
+
+  LOOP
+    -- one batch: claim, run, record, commit
+    claimed := 0;
+    o_ids := '{}'; o_states := '{}'; o_started := '{}'; o_finished := '{}';
+    o_results := '{}'; o_affected := '{}'; o_errors := '{}';
+    t_batch := clock_timestamp();
+    FOR j IN
+      SELECT * FROM pgdispatch.job q
+       WHERE q.role = me AND q.run_at <= clock_timestamp()
+       ORDER BY q.priority DESC, q.run_at, q.id
+       LIMIT cfg.batch_size
+         FOR UPDATE SKIP LOCKED
+    LOOP
+      claimed := claimed + 1;
+      PERFORM pg_advisory_lock(1885824112, pgdispatch._lock_key(j.id));
+      t_job := clock_timestamp();
+      res := NULL; affected := NULL; err := NULL;
+      BEGIN
+        IF j.capture THEN
+          BEGIN
+            EXECUTE 'WITH pgdispatch_q AS (' || rtrim(j.command, E' \t\r\n\f;') || E'\n) '
+                    'SELECT coalesce(jsonb_agg(to_jsonb(pgdispatch_q)), ''[]'') FROM pgdispatch_q'
+              INTO res USING j.payload;
+            affected := jsonb_array_length(res);
+          EXCEPTION WHEN syntax_error OR feature_not_supported THEN
+            -- not a row-returning statement (DML without RETURNING, utility, several
+            -- statements): run it as it is and keep the row count
+            res := NULL;
+            IF j.payload IS NULL THEN EXECUTE j.command; ELSE EXECUTE j.command USING j.payload; END IF;
+            GET DIAGNOSTICS affected = ROW_COUNT;
+            res := '[]';
+          END;
+        ELSIF j.payload IS NULL THEN
+          EXECUTE j.command;
+          GET DIAGNOSTICS affected = ROW_COUNT;
+        ELSE
+          EXECUTE j.command USING j.payload;
+          GET DIAGNOSTICS affected = ROW_COUNT;
+        END IF;
+        ok := true;
+      EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
+          e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT, e_context = PG_EXCEPTION_CONTEXT;
+        ok := false;
+        IF e_state = '57014' THEN
+          IF EXISTS (SELECT 1 FROM pgdispatch.cancel_request c WHERE c.job_id = j.id) THEN
+            e_msg := 'job cancelled while running';
+          ELSIF j.timeout IS NOT NULL AND clock_timestamp() - t_job >= j.timeout * 0.9 THEN
+            e_msg := format('job exceeded its timeout of %s', j.timeout);
+          END IF;
+        END IF;
+        -- the context of the worker itself says nothing about the job
+        e_context := nullif(regexp_replace(e_context, E'\\n?PL/pgSQL function pgdispatch\\.work\\([^\\n]*', '', 'g'), '');
+        err := jsonb_strip_nulls(jsonb_build_object(
+                 'sqlstate', e_state, 'message', e_msg, 'detail', nullif(e_detail, ''),
+                 'hint', nullif(e_hint, ''), 'context', nullif(e_context, ''),
+                 'attempt', j.attempts + 1));
+      END;
+      PERFORM pg_advisory_unlock(1885824112, pgdispatch._lock_key(j.id));
+
+      -- a fresh session for the next job: settings, role, temp objects, prepared statements
+      IF current_user <> me THEN SET ROLE NONE; END IF;
+      IF session_user <> me THEN RESET SESSION AUTHORIZATION; END IF;
+      RESET ALL;
+      IF pg_my_temp_schema() <> 0 THEN DISCARD TEMP; END IF;
+      DEALLOCATE ALL;
+      UNLISTEN *;
+
+      IF ok THEN
+        o_ids := o_ids || j.id; o_states := o_states || 'succeeded'::text;
+        o_started := o_started || t_job; o_finished := o_finished || clock_timestamp();
+        o_results := o_results || res; o_affected := o_affected || affected;
+        o_errors := o_errors || NULL::jsonb;
+      ELSIF j.attempts + 1 < j.max_attempts AND err ->> 'message' <> 'job cancelled while running' THEN
+        backoff := least(cfg.retry_backoff * power(2, j.attempts), cfg.retry_backoff_max);
+        UPDATE pgdispatch.job q
+           SET attempts = q.attempts + 1, run_at = clock_timestamp() + backoff, last_error = err
+         WHERE q.id = j.id;
+      ELSE
+        o_ids := o_ids || j.id;
+        o_states := o_states || CASE WHEN err ->> 'message' = 'job cancelled while running'
+                                     THEN 'cancelled' ELSE 'failed' END;
+        o_started := o_started || t_job; o_finished := o_finished || clock_timestamp();
+        o_results := o_results || NULL::jsonb; o_affected := o_affected || NULL::bigint;
+        o_errors := o_errors || err;
+      END IF;
+      EXIT WHEN clock_timestamp() - t_batch > cfg.batch_time;
+    END LOOP;
+    IF cardinality(o_ids) > 0 THEN
+      PERFORM pgdispatch._finish(o_ids, o_states, o_started, o_finished, o_results, o_affected, o_errors);
+    END IF;
+    COMMIT;
+
+    IF claimed > 0 THEN
+      t_last_job := clock_timestamp();
+      IF clock_timestamp() > hard_deadline THEN EXIT; END IF;
+      CONTINUE;
+    END IF;
+
+    -- idle
+    EXIT WHEN drain OR clock_timestamp() >= deadline;
+    IF clock_timestamp() - t_settings > interval '1 second' THEN
+      t_settings := clock_timestamp();
+      SELECT * INTO cfg FROM pgdispatch.settings;
+      IF slot > 0 AND max_runtime IS NULL THEN
+        -- a scheduled worker: stop() ends it
+        SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
+        EXIT WHEN enabled IS DISTINCT FROM true;
+      END IF;
+      IF slot = 1 AND clock_timestamp() - t_prune > cfg.prune_interval THEN
+        t_prune := clock_timestamp();
+        PERFORM pgdispatch.prune(cfg.prune_batch);
+        COMMIT;
+      END IF;
+    END IF;
+    -- adaptive poll: fast while jobs flow, backing off to poll_max when idle
+    IF clock_timestamp() - t_last_job < cfg.fast_poll_window THEN
+      sleep_s := extract(epoch FROM cfg.poll_min);
+    ELSE
+      sleep_s := least(extract(epoch FROM cfg.poll_max),
+                       extract(epoch FROM cfg.poll_min)
+                       * power(2, extract(epoch FROM clock_timestamp() - t_last_job
+                                                     - cfg.fast_poll_window) * 10));
+    END IF;
+    PERFORM pg_sleep(sleep_s);
+  END LOOP;
+  IF slot > 0 THEN
+    PERFORM pg_advisory_unlock(1885824113 + slot, pgdispatch._role_key());
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgdispatch.trigger() RETURNS trigger
+LANGUAGE plpgsql AS $body$
+DECLARE
+  parts text[];
+  fn regprocedure;
+  cmd text;
+  opt text;
+  k text;
+  v text;
+  o_delay interval;
+  o_priority integer := 0;
+  o_max_attempts integer := 1;
+  o_timeout interval;
+  seen text[] := '{}';
+  rows_json jsonb;
+  at timestamptz;
+BEGIN
+  IF TG_NARGS < 1 THEN
+    RAISE EXCEPTION 'pgdispatch.trigger(): trigger % on % needs the side-effect function as its '
+                    'first argument', TG_NAME, format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF TG_WHEN <> 'AFTER' THEN
+    RAISE EXCEPTION 'pgdispatch.trigger(): trigger % must be an AFTER trigger', TG_NAME
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- parse_ident() rejects anything that is not a (qualified) name
+  parts := parse_ident(TG_ARGV[0]);
+  IF cardinality(parts) = 2 THEN
+    fn := to_regprocedure(format('%I.%I(jsonb)', parts[1], parts[2]));
+  END IF;
+  IF fn IS NULL THEN
+    RAISE EXCEPTION 'pgdispatch.trigger(): function %(jsonb) does not exist', TG_ARGV[0]
+      USING ERRCODE = 'undefined_function',
+            HINT = 'The first argument of a dispatch trigger names a schema-qualified function '
+                   'taking one jsonb argument, e.g. ''app.send_welcome''.';
+  END IF;
+  cmd := format('SELECT %I.%I($1)', parts[1], parts[2]);
+  -- options (the same checks as pgdispatch.dispatch(), which the hot path below bypasses)
+  FOR i IN 1 .. TG_NARGS - 1 LOOP
+    opt := TG_ARGV[i];
+    k := btrim(split_part(opt, '=', 1));
+    v := btrim(substr(opt, strpos(opt, '=') + 1));
+    IF strpos(opt, '=') = 0 OR k = ANY (seen) THEN
+      RAISE EXCEPTION 'pgdispatch.trigger(): bad option "%" in trigger %', opt, TG_NAME
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Options are key=value, each key once: delay, priority, max_attempts, timeout.';
+    END IF;
+    seen := seen || k;
+    CASE k
+      WHEN 'delay' THEN o_delay := v::interval;
+      WHEN 'priority' THEN o_priority := v::integer;
+      WHEN 'max_attempts' THEN o_max_attempts := v::integer;
+      WHEN 'timeout' THEN o_timeout := v::interval;
+      ELSE
+        RAISE EXCEPTION 'pgdispatch.trigger(): unknown option "%" in trigger %', k, TG_NAME
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Options are key=value: delay, priority, max_attempts, timeout.';
+    END CASE;
+  END LOOP;
+  IF o_delay < interval '0' OR o_max_attempts < 1 OR o_timeout <= interval '0' THEN
+    RAISE EXCEPTION 'pgdispatch.trigger(): bad options in trigger % (delay must not be negative, '
+                    'max_attempts at least 1, timeout positive)', TG_NAME
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
+    PERFORM pgdispatch._ensure_worker();
+  END IF;
+
+  IF TG_LEVEL = 'ROW' THEN
+    -- the hot path: one insert, no further function call
+    at := clock_timestamp();
+    INSERT INTO pgdispatch.job (command, payload, priority, max_attempts, timeout, created_at, run_at)
+    VALUES (cmd, CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END,
+            o_priority, o_max_attempts, o_timeout, at, at + coalesce(o_delay, interval '0'));
+    RETURN NULL;
+  END IF;
+
+  BEGIN
+    IF TG_OP = 'DELETE' THEN
+      SELECT jsonb_agg(to_jsonb(t)) INTO rows_json FROM pgdispatch_old t;
+    ELSE
+      SELECT jsonb_agg(to_jsonb(t)) INTO rows_json FROM pgdispatch_new t;
+    END IF;
+  EXCEPTION WHEN undefined_table THEN
+    RAISE EXCEPTION 'pgdispatch.trigger(): statement-level trigger % has no transition table',
+      TG_NAME
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Declare REFERENCING NEW TABLE AS pgdispatch_new (INSERT, UPDATE) or '
+                   'OLD TABLE AS pgdispatch_old (DELETE).';
+  END;
+  IF rows_json IS NOT NULL THEN
+    PERFORM pgdispatch.dispatch(cmd, rows_json, o_delay, o_priority, o_max_attempts, o_timeout);
+  END IF;
+  RETURN NULL;
+END
+$body$;
+
+-- Refresh the SECURITY DEFINER copies of pgdispatch.trigger() that this role owns (others
+-- keep working with the 0.1.0 body; their owners refresh them with
+-- SELECT pgdispatch.definer_trigger_function('<schema>')).
+DO $refresh$
+DECLARE
+  f record;
+BEGIN
+  FOR f IN SELECT d.fn, n.nspname FROM pgdispatch.definer_function d
+             JOIN pg_proc p ON p.oid = d.fn JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE pg_has_role(p.proowner, 'USAGE') LOOP
+    PERFORM pgdispatch.definer_trigger_function(f.nspname);
+  END LOOP;
+END
+$refresh$;
+
+-- New functions: nobody by default, and every role that could dispatch before.
+REVOKE ALL ON FUNCTION pgdispatch.prune(integer) FROM PUBLIC;
+DO $grants$
+DECLARE
+  r name;
+BEGIN
+  FOR r IN SELECT rolname FROM pg_roles
+            WHERE has_function_privilege(oid,
+                    'pgdispatch.dispatch(text,jsonb,interval,integer,integer,interval,boolean,text)',
+                    'EXECUTE')
+              AND NOT rolsuper
+              AND oid <> (SELECT nspowner FROM pg_namespace WHERE nspname = 'pgdispatch') LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch.prune(integer) TO %I', r);
+  END LOOP;
+END
+$grants$;
+
+UPDATE pgdispatch.meta SET value = '0.2.0' WHERE key = 'version';
