@@ -370,6 +370,11 @@ def _standardise_strings(sql: str, *, standard_conforming_strings: bool) -> str:
     return "".join(out)
 
 
+def _current_schema(conn: Connection) -> str | None:
+    schema = conn.scalar(text("SELECT current_schema()"))
+    return None if schema is None else str(schema)
+
+
 def _scs(conn: Connection) -> bool:
     setting = conn.scalar(text("SELECT current_setting('standard_conforming_strings')"))
     return bool(setting == "on")
@@ -736,7 +741,8 @@ class DispatchTrigger(SchemaItem):
         if connection.dialect.name != "postgresql":
             return
         check_installed(connection)
-        for ddl in create_dispatch_trigger_ddl(self, target):
+        default_schema = None if target.schema else _current_schema(connection)
+        for ddl in create_dispatch_trigger_ddl(self, target, default_schema=default_schema):
             connection.execute(ddl)
 
     def _before_drop(self, target: Table, connection: Connection, **kw: Any) -> None:
@@ -864,13 +870,15 @@ class DispatchTrigger(SchemaItem):
         exactly as :func:`reflect_dispatch_triggers` reads them (intervals, the WHEN
         condition - which needs the table to exist; it is deparsed on a temporary copy
         made with ``LIKE`` inside a savepoint), and a table without schema gets the
-        connection's default schema.
+        connection's ``current_schema()`` (where ``create_all()`` puts it).
         """
         table = table if table is not None else self.table
         if table is None:
             raise DispatchTriggerError(f"trigger {self.name!r} is not attached to a table")
         self._check_table(table)
-        default_schema = conn.dialect.default_schema_name if conn is not None else None
+        default_schema = None
+        if conn is not None and not table.schema:
+            default_schema = _current_schema(conn)
         schema = table.schema or default_schema
         delay, timeout, when = self.delay, self.timeout, self.when_sql(table)
         if conn is not None:
@@ -932,6 +940,9 @@ class CreateDispatchTrigger(ExecutableDDLElement):
 
     ``table`` defaults to the table the trigger is attached to; a lightweight
     ``sqlalchemy.table(name, schema=...)`` works too. ``or_replace`` needs PostgreSQL 14.
+    ``default_schema`` qualifies an unqualified function on a table without schema
+    (default: the dialect's default schema, else ``public``; ``create_all()`` passes
+    the connection's ``current_schema()``).
     For ``security="definer"`` run :class:`CreateDefinerTriggerFunction` first (see
     :func:`create_dispatch_trigger_ddl`).
     """
@@ -944,11 +955,13 @@ class CreateDispatchTrigger(ExecutableDDLElement):
         table: Table | TableClause | None = None,
         *,
         or_replace: bool = False,
+        default_schema: str | None = None,
     ) -> None:
         self.trigger = trigger
         self.table = _table_of(trigger, table)
         trigger._check_table(self.table)
         self.or_replace = or_replace
+        self.default_schema = default_schema
 
 
 class DropDispatchTrigger(ExecutableDDLElement):
@@ -989,6 +1002,7 @@ def create_dispatch_trigger_ddl(
     table: Table | TableClause | None = None,
     *,
     or_replace: bool = False,
+    default_schema: str | None = None,
 ) -> list[ExecutableDDLElement]:
     """The statements that create ``trigger``, in order (one statement each: drivers
     using server-side parameters cannot run several at once): the definer function for
@@ -997,7 +1011,9 @@ def create_dispatch_trigger_ddl(
     ddl: list[ExecutableDDLElement] = []
     if trigger.security == "definer":
         ddl.append(CreateDefinerTriggerFunction(table.schema))
-    ddl.append(CreateDispatchTrigger(trigger, table, or_replace=or_replace))
+    ddl.append(
+        CreateDispatchTrigger(trigger, table, or_replace=or_replace, default_schema=default_schema)
+    )
     return ddl
 
 
@@ -1062,7 +1078,7 @@ def _compile_create(element: CreateDispatchTrigger, compiler: DDLCompiler, **kw:
             function = f"{prep.quote_schema(table.schema)}.{function}"
     else:
         function = "pgdispatch.trigger"
-    default_schema = compiler.dialect.default_schema_name
+    default_schema = element.default_schema or compiler.dialect.default_schema_name
     args = trigger.trigger_arguments(table, default_schema=default_schema)
     parts.append(f"EXECUTE FUNCTION {function}({', '.join(pct(quote_literal(a)) for a in args)})")
     return " ".join(parts)
