@@ -4,6 +4,9 @@
 --   every settings.prune_interval, a new setting, instead of a fixed 10 s).
 -- * pgdispatch.trigger(): the row-level hot path inserts the job itself instead of
 --   calling pgdispatch.dispatch() (one PL/pgSQL call less per dispatched row).
+-- * work(drain => true) in a caller's session keeps the caller's prepared statements.
+-- * Security fixes: cancellation requests and definer-function records are checked
+--   against the role that files them; uninstall works with other roles' workers.
 -- Queued jobs are kept; running workers pick the new code up at their next run.
 
 ALTER TABLE pgdispatch.settings
@@ -58,6 +61,8 @@ DECLARE
   e_state text; e_msg text; e_detail text; e_hint text; e_context text;
   enabled boolean;
   backoff interval;
+  keep_prepared text[];
+  stmt text;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -75,6 +80,9 @@ BEGIN
     END IF;
   END IF;
   SELECT * INTO cfg FROM pgdispatch.settings;
+  IF slot = 0 THEN
+    keep_prepared := ARRAY(SELECT ps.name FROM pg_prepared_statements ps);
+  END IF;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
   ELSIF slot > 0 THEN
@@ -134,7 +142,8 @@ BEGIN
           e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT, e_context = PG_EXCEPTION_CONTEXT;
         ok := false;
         IF e_state = '57014' THEN
-          IF EXISTS (SELECT 1 FROM pgdispatch.cancel_request c WHERE c.job_id = j.id) THEN
+          IF EXISTS (SELECT 1 FROM pgdispatch.cancel_request c
+                      WHERE c.job_id = j.id AND c.role = me) THEN
             e_msg := 'job cancelled while running';
           ELSIF j.timeout IS NOT NULL AND clock_timestamp() - t_job >= j.timeout * 0.9 THEN
             e_msg := format('job exceeded its timeout of %s', j.timeout);
@@ -154,7 +163,16 @@ BEGIN
       IF session_user <> me THEN RESET SESSION AUTHORIZATION; END IF;
       RESET ALL;
       IF pg_my_temp_schema() <> 0 THEN DISCARD TEMP; END IF;
-      DEALLOCATE ALL;
+      IF slot = 0 THEN
+        -- draining in the caller's own session: keep the caller's prepared statements
+        -- (drivers such as psycopg prepare statements of their own)
+        FOR stmt IN SELECT ps.name FROM pg_prepared_statements ps
+                     WHERE NOT ps.name = ANY (keep_prepared) LOOP
+          EXECUTE format('DEALLOCATE %I', stmt);
+        END LOOP;
+      ELSE
+        DEALLOCATE ALL;
+      END IF;
       UNLISTEN *;
 
       IF ok THEN
@@ -318,6 +336,172 @@ BEGIN
   RETURN NULL;
 END
 $body$;
+
+CREATE OR REPLACE PROCEDURE pgdispatch.watchdog(max_runtime interval DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+  me name := session_user;
+  t_start timestamptz := clock_timestamp();
+  deadline timestamptz;
+  cfg pgdispatch.settings;
+  seen jsonb := '{}';     -- job id -> first time seen running (epoch)
+  now_s double precision;
+  r record;
+  enabled boolean;
+  t_settings timestamptz := clock_timestamp();
+BEGIN
+  IF me <> current_user THEN
+    RAISE EXCEPTION 'pgdispatch.watchdog() must run as the session''s login role'
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  IF NOT pg_try_advisory_lock(1885824113, pgdispatch._role_key()) THEN
+    RETURN;
+  END IF;
+  PERFORM set_config('application_name', 'pgdispatch watchdog', false);
+  SELECT * INTO cfg FROM pgdispatch.settings;
+  IF max_runtime IS NOT NULL THEN
+    deadline := t_start + max_runtime;
+  ELSIF pgdispatch._worker_schedule() = '* * * * *' THEN
+    deadline := date_trunc('minute', t_start) + interval '1 minute' + interval '2 seconds';
+  ELSE
+    deadline := t_start + cfg.worker_runtime;
+  END IF;
+  COMMIT;
+  WHILE clock_timestamp() < deadline LOOP
+    now_s := extract(epoch FROM clock_timestamp());
+    FOR r IN
+      SELECT q.id, q.timeout, l.pid,
+             EXISTS (SELECT 1 FROM pgdispatch.cancel_request c
+                      WHERE c.job_id = q.id AND c.role = me) AS cancel
+        FROM pg_locks l
+        JOIN pg_stat_activity a ON a.pid = l.pid AND a.usename = me
+        JOIN pgdispatch.job q ON (q.id & 4294967295) = l.objid::bigint AND q.role = me
+       WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid AND l.objsubid = 2
+         AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    LOOP
+      IF NOT seen ? r.id::text THEN
+        seen := seen || jsonb_build_object(r.id::text, now_s);
+      END IF;
+      IF r.cancel OR (r.timeout IS NOT NULL
+                      AND now_s - (seen ->> r.id::text)::double precision
+                          >= extract(epoch FROM r.timeout)) THEN
+        -- the job still runs on that backend? then interrupt it
+        IF EXISTS (SELECT 1 FROM pg_locks l
+                    WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid
+                      AND l.objsubid = 2 AND l.granted AND l.pid = r.pid
+                      AND l.objid::bigint = (r.id & 4294967295)) THEN
+          PERFORM pg_cancel_backend(r.pid);
+        END IF;
+      END IF;
+    END LOOP;
+    -- forget jobs that are no longer running
+    IF seen <> '{}' THEN
+      seen := coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(seen) s(k, v)
+                         WHERE EXISTS (SELECT 1 FROM pgdispatch.job q
+                                        WHERE q.id = k::bigint)), '{}');
+    END IF;
+    COMMIT;
+    IF clock_timestamp() - t_settings > interval '1 second' THEN
+      t_settings := clock_timestamp();
+      SELECT * INTO cfg FROM pgdispatch.settings;
+      IF max_runtime IS NULL THEN
+        SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
+        EXIT WHEN enabled IS DISTINCT FROM true;
+      END IF;
+    END IF;
+    PERFORM pg_sleep(extract(epoch FROM cfg.watchdog_poll));
+  END LOOP;
+  PERFORM pg_advisory_unlock(1885824113, pgdispatch._role_key());
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgdispatch.prepare_uninstall(force boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  unfinished bigint;
+  triggers text;
+  others text;
+  superuser boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+  jid bigint;
+BEGIN
+  SELECT count(*) INTO unfinished FROM pgdispatch.job;
+  IF unfinished > 0 AND NOT force THEN
+    RAISE EXCEPTION 'pgdispatch: % unfinished job(s) are queued or running; refusing to uninstall',
+      unfinished
+      USING ERRCODE = 'object_in_use',
+            HINT = 'Let the workers drain the queue (or cancel the jobs), or uninstall with force.';
+  END IF;
+  SELECT string_agg(format('%s on %s', t.tgname, t.tgrelid::regclass), ', ') INTO triggers
+    FROM pg_trigger t
+   WHERE NOT t.tgisinternal
+     AND (t.tgfoid = 'pgdispatch.trigger()'::regprocedure
+          OR t.tgfoid IN (SELECT fn FROM pgdispatch.definer_function));
+  IF triggers IS NOT NULL AND NOT force THEN
+    RAISE EXCEPTION 'pgdispatch: dispatch triggers still use pgdispatch: %', triggers
+      USING ERRCODE = 'dependent_objects_still_exist',
+            HINT = 'Drop them first, or uninstall with force (which drops them).';
+  END IF;
+  IF superuser THEN
+    FOR jid IN SELECT j.jobid FROM cron.job j WHERE j.jobname LIKE 'pgdispatch:%'
+                 AND j.command LIKE 'CALL pgdispatch.%' LOOP
+      PERFORM cron.unschedule(jid);
+    END LOOP;
+  ELSE
+    SELECT string_agg(w.role, ', ') INTO others FROM pgdispatch.worker w
+     WHERE w.role <> current_user AND w.enabled;
+    IF others IS NOT NULL THEN
+      RAISE EXCEPTION 'pgdispatch: roles % still have pg_cron workers that only they (or a '
+                      'superuser) can unschedule', others
+        USING ERRCODE = 'object_in_use',
+              HINT = 'Run SELECT pgdispatch.stop() as each of them, or uninstall as a superuser.';
+    END IF;
+    FOR jid IN SELECT j.jobid FROM cron.job j WHERE j.jobname LIKE 'pgdispatch:%'
+                 AND j.username = current_user LOOP
+      PERFORM cron.unschedule(jid);
+    END LOOP;
+  END IF;
+  -- workers still running exit now instead of failing on the dropped schema
+  -- (every role's row: lift the per-role check first; the schema is dropped next)
+  ALTER TABLE pgdispatch.worker DROP CONSTRAINT IF EXISTS worker_role_is_current_user;
+  UPDATE pgdispatch.worker SET enabled = false;
+  FOR jid IN SELECT DISTINCT l.pid FROM pg_locks l
+              WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+                AND l.classid::bigint BETWEEN 1885824113 AND 1885824113 + 16
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.pid <> pg_backend_pid() LOOP
+    BEGIN
+      PERFORM pg_terminate_backend(jid::integer);
+    EXCEPTION WHEN insufficient_privilege THEN
+      NULL;  -- another role's worker: it exits within a second (enabled = false)
+    END;
+  END LOOP;
+  -- the SECURITY DEFINER trigger functions made in users' schemas
+  -- only what definer_trigger_function() made: SECURITY DEFINER trigger functions of
+  -- that name whose body is pgdispatch.trigger()'s (a 0.1.0 or a current one)
+  FOR jid IN SELECT p.oid::bigint FROM pgdispatch.definer_function d
+               JOIN pg_proc p ON p.oid = d.fn
+              WHERE p.proname = 'pgdispatch_definer_trigger' AND p.prosecdef
+                AND p.pronargs = 0 AND p.prorettype = 'trigger'::regtype
+                AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = d.owner) LOOP
+    EXECUTE format('DROP FUNCTION IF EXISTS %s CASCADE', jid::oid::regprocedure);
+  END LOOP;
+END
+$$;
+
+-- Security fixes of 0.1.0 (found by tests/reliability):
+-- * a role could register any function in definer_function for uninstall to drop;
+-- * a role could file a cancellation request for another role's job, which that role's
+--   watchdog (the owner's and superusers' are exempt from row level security) obeyed.
+ALTER POLICY own_functions ON pgdispatch.definer_function
+  WITH CHECK (owner = current_user
+              AND EXISTS (SELECT 1 FROM pg_proc p
+                           WHERE p.oid = fn AND p.proname = 'pgdispatch_definer_trigger'
+                             AND p.prosecdef
+                             AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)));
+ALTER POLICY own_requests ON pgdispatch.cancel_request
+  WITH CHECK (role = current_user
+              AND EXISTS (SELECT 1 FROM pgdispatch.job q
+                           WHERE q.id = job_id AND q.role = current_user));
 
 -- Refresh the SECURITY DEFINER copies of pgdispatch.trigger() that this role owns (others
 -- keep working with the 0.1.0 body; their owners refresh them with
