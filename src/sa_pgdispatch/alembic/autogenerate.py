@@ -261,14 +261,29 @@ def _prefix(autogen_context: AutogenContext) -> str:
     return str(autogen_context.opts.get("alembic_module_prefix") or "op.")
 
 
+_LINE = 88
+
+
+def _argument(key: str | None, value: Any) -> str:
+    """One argument on its own line (4 spaces in); a dict too long for one line gets
+    one line per item."""
+    prefix = f"{key}=" if key is not None else ""
+    text = f"    {prefix}{value!r},"
+    if len(text) <= _LINE or not isinstance(value, dict) or not value:
+        return text
+    items = "".join(f"        {k!r}: {v!r},\n" for k, v in value.items())
+    return f"    {prefix}{{\n{items}    }},"
+
+
 def _call(autogen_context: AutogenContext, name: str, args: list[Any],
           kwargs: dict[str, Any]) -> str:
-    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
     head = f"{_prefix(autogen_context)}{name}("
-    one_line = head + ", ".join(parts) + ")"
-    if len(one_line) <= 88:
+    inline = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    one_line = head + ", ".join(inline) + ")"
+    if len(one_line) <= _LINE:
         return one_line
-    return head + "\n" + "".join(f"    {p},\n" for p in parts) + ")"
+    lines = [_argument(None, a) for a in args] + [_argument(k, v) for k, v in kwargs.items()]
+    return head + "\n" + "\n".join(lines) + "\n)"
 
 
 def _schema_kw(schema: str | None) -> dict[str, Any]:

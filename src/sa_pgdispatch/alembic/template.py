@@ -198,7 +198,11 @@ def _ini_value(value: str) -> str:
 
 
 def _first_revision_text(operations: list[ops.MigrateOperation]) -> str:
-    return render_python_code(ops.UpgradeOps(ops=operations)).strip()
+    """The rendered calls, without Alembic's "commands auto generated" comments (the
+    first revision is written by us, not detected), indented for script.py.mako."""
+    rendered = render_python_code(ops.UpgradeOps(ops=operations))
+    lines = [line.strip() for line in rendered.splitlines()]
+    return "\n    ".join(line for line in lines if line and not line.startswith("# ###"))
 
 
 def init_project(

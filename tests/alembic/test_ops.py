@@ -1,0 +1,411 @@
+"""The Alembic operations without a database: reverse(), rendering, offline SQL, template."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import render_python_code
+from alembic.config import Config
+from alembic.operations import Operations, ops
+from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
+from sqlalchemy import MetaData
+
+from sa_pgdispatch.alembic import (
+    CreateDispatchTriggerOp,
+    DispatchTriggerOpError,
+    DropDispatchTriggerOp,
+    InstallPgdispatchOp,
+    ReplaceDispatchTriggerOp,
+    TriggerDefinition,
+    UninstallPgdispatchOp,
+    UpgradePgdispatchOp,
+    configure_options,
+    database_url,
+    include_name,
+    init_project,
+    load_target_metadata,
+)
+from sa_pgdispatch.install import InstallError, install_sql, uninstall_sql
+from sa_pgdispatch.triggers import DispatchTriggerError
+
+ALEMBIC = str(Path(sys.executable).with_name("alembic"))
+
+
+def _definition(**kw: object) -> TriggerDefinition:
+    return TriggerDefinition.build("t", "app.fn", **kw)  # type: ignore[arg-type]
+
+
+def _offline(**opts: object) -> tuple[Operations, io.StringIO]:
+    buf = io.StringIO()
+    ctx = MigrationContext.configure(
+        dialect_name="postgresql",
+        opts={"as_sql": True, "output_buffer": buf, **opts},
+    )
+    return Operations(ctx), buf
+
+
+def _render(*operations: ops.MigrateOperation) -> str:
+    """The rendered calls, without Alembic's "commands auto generated" comments."""
+    text = render_python_code(ops.UpgradeOps(ops=list(operations)))
+    lines = [line for line in text.splitlines() if not line.strip().startswith("# ###")]
+    return textwrap.dedent("\n".join(lines)) + "\n"
+
+
+# ----------------------------------------------------------------------------- reverse
+
+
+def test_install_and_uninstall_reverse_into_each_other() -> None:
+    install = InstallPgdispatchOp(version="0.1.0", workers=3)
+    uninstall = install.reverse()
+    assert isinstance(uninstall, UninstallPgdispatchOp)
+    assert uninstall.force is False
+    back = uninstall.reverse()
+    assert isinstance(back, InstallPgdispatchOp)
+    assert (back.version, back.workers) == ("0.1.0", 3)
+
+
+def test_upgrade_has_no_reverse() -> None:
+    with pytest.raises(DispatchTriggerOpError, match="no reverse"):
+        UpgradePgdispatchOp("0.2.0").reverse()
+
+
+def test_create_and_drop_reverse_with_the_full_definition() -> None:
+    definition = _definition(
+        on=("update", "insert"), columns=["b", "a"], when="NEW.a <> OLD.a",
+        delay=dt.timedelta(seconds=5), priority=3, max_attempts=2, timeout="1 minute",
+    )
+    create = CreateDispatchTriggerOp("t", "tbl", definition, schema="app")
+    drop = create.reverse()
+    assert isinstance(drop, DropDispatchTriggerOp)
+    assert (drop.trigger_name, drop.table_name, drop.schema) == ("t", "tbl", "app")
+    assert drop.definition == definition
+    again = drop.reverse()
+    assert isinstance(again, CreateDispatchTriggerOp)
+    assert again.definition == definition
+    # normalised: events in canonical order, columns sorted, timedelta as text
+    assert definition.on == ("insert", "update")
+    assert definition.columns == ("a", "b")
+    assert definition.delay == "5 seconds"
+
+
+def test_drop_without_definition_cannot_be_reversed() -> None:
+    drop = DropDispatchTriggerOp("t", "tbl", None)
+    with pytest.raises(DispatchTriggerOpError, match="definition is unknown"):
+        drop.reverse()
+
+
+def test_replace_reverse_restores_the_existing_definition() -> None:
+    old, new = _definition(when="NEW.a"), _definition(when="NEW.b", priority=9)
+    replace = ReplaceDispatchTriggerOp("t", "tbl", new, existing=old)
+    back = replace.reverse()
+    assert (back.definition, back.existing) == (old, new)
+    with pytest.raises(DispatchTriggerOpError, match="existing="):
+        ReplaceDispatchTriggerOp("t", "tbl", new).reverse()
+
+
+def test_definitions_are_validated_like_dispatch_triggers() -> None:
+    with pytest.raises(DispatchTriggerError):
+        _definition(on=("truncate",))
+    with pytest.raises(DispatchTriggerError):
+        _definition(for_each="statement", on=("insert", "update"))
+    with pytest.raises(DispatchTriggerError):
+        _definition(when="NEW.a); DROP TABLE x; --")
+    with pytest.raises(DispatchTriggerOpError, match="unknown definition"):
+        TriggerDefinition.from_mapping("t", {"function": "app.fn", "colour": "red"})
+    with pytest.raises(DispatchTriggerOpError, match="function="):
+        TriggerDefinition.from_mapping("t", {"on": ("insert",)})
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def test_render_install_uninstall_upgrade() -> None:
+    text = _render(
+        InstallPgdispatchOp(),
+        InstallPgdispatchOp(version="0.1.0", workers=2),
+        UninstallPgdispatchOp(),
+        UninstallPgdispatchOp(force=True),
+        UpgradePgdispatchOp("0.2.0", from_version="0.1.0"),
+    )
+    assert "op.install_pgdispatch()\n" in text
+    assert "op.install_pgdispatch(version='0.1.0', workers=2)" in text
+    assert "op.uninstall_pgdispatch()\n" in text
+    assert "op.uninstall_pgdispatch(force=True)" in text
+    assert "op.upgrade_pgdispatch('0.2.0', from_version='0.1.0')" in text
+
+
+def test_render_create_writes_only_non_default_arguments() -> None:
+    text = _render(CreateDispatchTriggerOp("t", "tbl", _definition()))
+    assert text.strip() == "op.create_dispatch_trigger('t', 'tbl', 'app.fn')"
+
+
+def test_rendered_trigger_ops_are_valid_python_that_rebuilds_the_same_ops() -> None:
+    old = _definition(when="NEW.status = 'new'", delay="10 seconds")
+    new = _definition(on=("insert", "update"), columns=["status"], when="NEW.status <> 'x'",
+                      priority=-2, max_attempts=5, timeout="30 seconds", security="definer")
+    operations = [
+        CreateDispatchTriggerOp("t", "tbl", new, schema="app"),
+        DropDispatchTriggerOp("t", "tbl", old, schema="app"),
+        ReplaceDispatchTriggerOp("t", "tbl", new, schema="app", existing=old),
+    ]
+    text = _render(*operations)
+    assert "    existing={\n        'function': 'app.fn',\n" in text  # long dict: one item a line
+    assert max(len(line) for line in text.splitlines()) <= 88
+
+    # run the rendered code against a recording `op`
+    recorded: list[ops.MigrateOperation] = []
+
+    class Recorder:
+        def invoke(self, operation: ops.MigrateOperation) -> None:
+            recorded.append(operation)
+
+    class Op:
+        def __getattr__(self, name: str) -> object:
+            cls = {
+                "create_dispatch_trigger": CreateDispatchTriggerOp,
+                "drop_dispatch_trigger": DropDispatchTriggerOp,
+                "replace_dispatch_trigger": ReplaceDispatchTriggerOp,
+            }[name]
+            return lambda *a, **kw: getattr(cls, name)(Recorder(), *a, **kw)
+
+    exec(compile(text, "<rendered>", "exec"), {"op": Op()})
+    assert [type(o) for o in recorded] == [type(o) for o in operations]
+    for got, want in zip(recorded, operations, strict=True):
+        assert vars(got) == vars(want)
+
+
+# ----------------------------------------------------------------------------- offline SQL
+
+
+def test_offline_install_and_uninstall_write_the_scripts_verbatim() -> None:
+    operations, buf = _offline()
+    operations.install_pgdispatch(workers=2)  # type: ignore[attr-defined]
+    operations.uninstall_pgdispatch()  # type: ignore[attr-defined]
+    out = buf.getvalue()
+    assert install_sql(workers=2).strip() in out
+    assert uninstall_sql(force=False).strip() in out
+    assert "SELECT pgdispatch.start(2);" in out
+
+
+def test_offline_forced_uninstall_from_the_context_option() -> None:
+    operations, buf = _offline(pgdispatch_force_uninstall=True)
+    operations.uninstall_pgdispatch()  # type: ignore[attr-defined]
+    assert "prepare_uninstall(force => true)" in buf.getvalue()
+
+
+def test_offline_upgrade_needs_the_installed_version() -> None:
+    operations, _ = _offline()
+    with pytest.raises(InstallError, match="from_version"):
+        operations.upgrade_pgdispatch("0.1.0")  # type: ignore[attr-defined]
+    operations.upgrade_pgdispatch("0.1.0", from_version="0.1.0")  # type: ignore[attr-defined]
+
+
+def test_offline_trigger_ddl() -> None:
+    operations, buf = _offline()
+    operations.create_dispatch_trigger(  # type: ignore[attr-defined]
+        "welcome", "profiles", "app.send_welcome", schema="app",
+        on=("insert", "update"), columns=["email"], when="NEW.active",
+        delay="5 seconds", priority=10, security="definer",
+    )
+    operations.replace_dispatch_trigger(  # type: ignore[attr-defined]
+        "welcome", "profiles", "app.send_welcome", schema="app", when="NEW.verified",
+    )
+    operations.drop_dispatch_trigger("welcome", "profiles", schema="app")  # type: ignore[attr-defined]
+    statements = [s.strip() for s in buf.getvalue().split(";") if s.strip()]
+    assert statements == [
+        "SELECT pgdispatch.definer_trigger_function('app')",
+        "CREATE TRIGGER welcome AFTER INSERT OR UPDATE OF email ON app.profiles FOR EACH ROW "
+        "WHEN (NEW.active) EXECUTE FUNCTION app.pgdispatch_definer_trigger("
+        "'app.send_welcome', 'delay=5 seconds', 'priority=10')",
+        # offline the server version is unknown: replace is drop + create
+        "DROP TRIGGER welcome ON app.profiles",
+        "CREATE TRIGGER welcome AFTER INSERT ON app.profiles FOR EACH ROW WHEN (NEW.verified) "
+        "EXECUTE FUNCTION pgdispatch.trigger('app.send_welcome')",
+        "DROP TRIGGER welcome ON app.profiles",
+    ]
+
+
+def test_statement_level_trigger_offline() -> None:
+    operations, buf = _offline()
+    operations.create_dispatch_trigger(  # type: ignore[attr-defined]
+        "bulk", "events", "public.on_bulk", on="delete", for_each="statement",
+    )
+    assert (
+        "CREATE TRIGGER bulk AFTER DELETE ON events REFERENCING OLD TABLE AS pgdispatch_old "
+        "FOR EACH STATEMENT EXECUTE FUNCTION pgdispatch.trigger('public.on_bulk')"
+    ) in buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- env helpers
+
+
+def _config(tmp_path: Path, **options: str) -> Config:
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("[alembic]\nscript_location = migrations\n")
+    cfg = Config(str(ini))
+    for key, value in options.items():
+        cfg.set_main_option(key, value)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgres://u:p@h:5433/db", "postgresql+psycopg://u:p@h:5433/db"),
+        ("postgresql+psycopg://u@/db?host=/tmp", "postgresql+psycopg://u@/db?host=%2Ftmp"),
+    ],
+)
+def test_database_url_normalises_to_psycopg(tmp_path: Path, raw: str, expected: str) -> None:
+    url = database_url(_config(tmp_path), environ={"DATABASE_URL": raw})
+    assert url.render_as_string(hide_password=False) == expected
+
+
+def test_database_url_precedence(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, **{"sqlalchemy.url": "postgresql://ini/db"})
+    assert database_url(cfg, environ={}).host == "ini"
+    assert database_url(cfg, environ={"DATABASE_URL": "postgresql://env/db"}).host == "env"
+    both = {"DATABASE_URL": "postgresql://env/db", "SA_PGDISPATCH_URL": "postgresql://sa/db"}
+    assert database_url(cfg, environ=both).host == "sa"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("sqlite:///x.db", "need PostgreSQL"),
+        ("mysql+pymysql://u@h/db", "need PostgreSQL"),
+        ("postgresql+psycopg2://u@h/db", "psycopg 3"),
+        ("postgresql+asyncpg://u@h/db", "psycopg 3"),
+    ],
+)
+def test_database_url_refuses_other_databases(tmp_path: Path, raw: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        database_url(_config(tmp_path), environ={"SA_PGDISPATCH_URL": raw})
+
+
+def test_database_url_missing(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="no database URL"):
+        database_url(_config(tmp_path), environ={})
+
+
+def test_load_target_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mymodels.py").write_text(
+        "import sqlalchemy as sa\n"
+        "class Base:\n    metadata = sa.MetaData()\n"
+        "other = sa.MetaData()\nnot_metadata = 42\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_target_metadata(_config(tmp_path)) is None
+    option = "sa_pgdispatch.metadata"
+    one = load_target_metadata(_config(tmp_path, **{option: "mymodels:Base.metadata"}))
+    assert isinstance(one, MetaData)
+    two = load_target_metadata(
+        _config(tmp_path, **{"sa_pgdispatch.metadata": "mymodels:Base.metadata, mymodels:other"})
+    )
+    assert isinstance(two, list)
+    assert len(two) == 2
+    for spec, message in [
+        ("mymodels", "package.module:attribute"),
+        ("nosuchmodule_xyz:md", "cannot import"),
+        ("mymodels:missing", "no attribute"),
+        ("mymodels:not_metadata", "not a sqlalchemy MetaData"),
+    ]:
+        with pytest.raises(CommandError, match=message):
+            load_target_metadata(_config(tmp_path, **{"sa_pgdispatch.metadata": spec}))
+
+
+def test_include_name_keeps_out_pgdispatch_and_cron(tmp_path: Path) -> None:
+    assert include_name("pgdispatch", "schema", {}) is False
+    assert include_name("cron", "schema", {}) is False
+    assert include_name("app", "schema", {}) is True
+    assert include_name("job", "table", {"schema_name": "pgdispatch"}) is False
+    assert include_name("profiles", "table", {"schema_name": None}) is True
+
+    seen: list[str | None] = []
+
+    def mine(name: str | None, type_: str, parents: object) -> bool:
+        seen.append(name)
+        return name != "legacy"
+
+    opts = configure_options(_config(tmp_path), x_arguments={"force_uninstall": "yes"},
+                             name_filter=mine)
+    assert opts["transaction_per_migration"] is True
+    assert opts["pgdispatch_force_uninstall"] is True
+    assert opts["include_name"]("legacy", "table", {"schema_name": None}) is False
+    assert opts["include_name"]("cron", "schema", {}) is False
+    assert seen == ["legacy"]  # the user's filter is not asked about our schemas
+    assert configure_options(_config(tmp_path))["pgdispatch_force_uninstall"] is False
+    with pytest.raises(CommandError, match="force_uninstall"):
+        configure_options(_config(tmp_path), x_arguments={"force_uninstall": "maybe"})
+
+
+# ----------------------------------------------------------------------------- init_project
+
+
+def test_init_project_layout_and_first_revision(tmp_path: Path) -> None:
+    ini = init_project(tmp_path / "migrations", url="postgresql://me@db.example/app%20x",
+                       metadata="myapp.models:Base.metadata")
+    assert ini == tmp_path / "alembic.ini"
+    names = sorted(p.name for p in (tmp_path / "migrations").iterdir())
+    assert names == ["README.md", "env.py", "script.py.mako", "versions"]
+    cfg = Config(str(ini))
+    assert cfg.get_main_option("script_location") == str(tmp_path / "migrations")
+    assert cfg.get_main_option("sqlalchemy.url") == "postgresql://me@db.example/app%20x"
+    assert cfg.get_main_option("sa_pgdispatch.metadata") == "myapp.models:Base.metadata"
+    (revision,) = (tmp_path / "migrations" / "versions").glob("*.py")
+    text = revision.read_text()
+    assert '"""Upgrade schema."""\n    op.install_pgdispatch()\n' in text
+    assert '"""Downgrade schema."""\n    op.uninstall_pgdispatch()\n' in text
+    compile(text, str(revision), "exec")
+
+
+def test_init_project_without_revision_and_refusals(tmp_path: Path) -> None:
+    init_project(tmp_path / "m", install_revision=False)
+    assert list((tmp_path / "m" / "versions").iterdir()) == []
+    with pytest.raises(CommandError, match="not empty"):
+        init_project(tmp_path / "m", config_file=tmp_path / "other.ini")
+    with pytest.raises(CommandError, match="already exists"):
+        init_project(tmp_path / "n")  # alembic.ini is there
+    assert not (tmp_path / "n").exists()
+    with pytest.raises(CommandError, match="need PostgreSQL"):
+        init_project(tmp_path / "o", url="sqlite://", config_file=tmp_path / "o.ini")
+    assert not (tmp_path / "o").exists()
+
+
+def _alembic(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ALEMBIC, *args], cwd=cwd, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin"})
+
+
+def test_first_revision_offline_sql(tmp_path: Path) -> None:
+    """`alembic upgrade head --sql` needs no database: it writes the install script."""
+    init_project(tmp_path / "migrations", url="postgresql://nobody@localhost/app")
+    up = _alembic(tmp_path, "upgrade", "head", "--sql")
+    assert up.returncode == 0, up.stderr
+    assert "CREATE SCHEMA pgdispatch;" in up.stdout
+    assert "SELECT pgdispatch.start(1);" in up.stdout
+    assert up.stdout.index("BEGIN;") < up.stdout.index("CREATE SCHEMA pgdispatch;")
+    (revision,) = (tmp_path / "migrations" / "versions").glob("*.py")
+    down = _alembic(tmp_path, "downgrade", f"{revision.name.split('_')[0]}:base", "--sql")
+    assert down.returncode == 0, down.stderr
+    assert "SELECT pgdispatch.prepare_uninstall(force => false);" in down.stdout
+    forced = _alembic(tmp_path, "-x", "force_uninstall=true", "downgrade",
+                      f"{revision.name.split('_')[0]}:base", "--sql")
+    assert "SELECT pgdispatch.prepare_uninstall(force => true);" in forced.stdout
+
+
+def test_env_refuses_a_non_postgresql_url(tmp_path: Path) -> None:
+    init_project(tmp_path / "migrations", url="postgresql://nobody@localhost/app")
+    result = subprocess.run(
+        [ALEMBIC, "upgrade", "head", "--sql"], cwd=tmp_path, capture_output=True, text=True,
+        check=False, env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite:///x.db"},
+    )
+    assert result.returncode != 0
+    assert "need PostgreSQL" in result.stderr
