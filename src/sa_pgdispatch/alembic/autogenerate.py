@@ -83,8 +83,11 @@ def _render_schema(schema: str | None, default_schema: str | None) -> str | None
 
 def _declared(
     autogen_context: AutogenContext, schemas: set[str | None], default_schema: str | None
-) -> dict[_Key, tuple[sa.Table, DispatchTrigger]]:
+) -> tuple[dict[_Key, tuple[sa.Table, DispatchTrigger]], set[_Key]]:
+    """The declared triggers to compare, and the keys of those the filters exclude (their
+    namesakes in the database are left alone too)."""
     found: dict[_Key, tuple[sa.Table, DispatchTrigger]] = {}
+    excluded: set[_Key] = set()
     for table in autogen_context.sorted_tables:
         triggers = dispatch_triggers(table)
         if not triggers:
@@ -92,14 +95,18 @@ def _declared(
         schema = _render_schema(table.schema, default_schema)
         if schema not in schemas:
             continue
-        if not autogen_context.run_object_filters(table, table.name, "table", False, None):
-            continue
+        table_included = autogen_context.run_object_filters(
+            table, table.name, "table", False, None
+        )
         for trigger in triggers:
-            if autogen_context.run_object_filters(
+            key = (schema, table.name, trigger.name)
+            if table_included and autogen_context.run_object_filters(
                 trigger, trigger.name, OBJECT_TYPE, False, None
             ):
-                found[(schema, table.name, trigger.name)] = (table, trigger)
-    return found
+                found[key] = (table, trigger)
+            else:
+                excluded.add(key)
+    return found, excluded
 
 
 def _reflected(
@@ -177,7 +184,7 @@ def compare_dispatch_triggers(
         return _continue()
     default_schema = conn.dialect.default_schema_name
     wanted = set(schemas)
-    declared = _declared(autogen_context, wanted, default_schema)
+    declared, excluded = _declared(autogen_context, wanted, default_schema)
     reflected = _reflected(autogen_context, conn, wanted, default_schema)
     metadata_tables = {
         (_render_schema(t.schema, default_schema), t.name) for t in autogen_context.sorted_tables
@@ -213,7 +220,7 @@ def compare_dispatch_triggers(
         )
 
     for key, info in reflected.items():
-        if key in declared:
+        if key in declared or key in excluded:
             continue
         schema, table_name, _ = key
         drop_index = None
