@@ -32,7 +32,13 @@ from sa_pgdispatch.alembic import (
     init_project,
     load_target_metadata,
 )
-from sa_pgdispatch.install import InstallError, install_sql, uninstall_sql
+from sa_pgdispatch.install import (
+    InstallError,
+    available_versions,
+    install_sql,
+    uninstall_sql,
+    upgrade_sql,
+)
 from sa_pgdispatch.triggers import DispatchTriggerError
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
@@ -409,3 +415,12 @@ def test_env_refuses_a_non_postgresql_url(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "need PostgreSQL" in result.stderr
+
+
+def test_offline_upgrade_writes_the_upgrade_scripts() -> None:
+    versions = available_versions()
+    if len(versions) < 2:
+        pytest.skip("a single pgdispatch version ships: nothing to upgrade")
+    operations, buf = _offline()
+    operations.upgrade_pgdispatch(versions[-1], from_version=versions[0])  # type: ignore[attr-defined]
+    assert upgrade_sql(versions[0], versions[-1]).strip() in buf.getvalue()

@@ -24,9 +24,17 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
 
 from sa_pgdispatch.alembic import init_project
-from sa_pgdispatch.install import latest_version
+from sa_pgdispatch.install import (
+    InstallError,
+    available_versions,
+    installed_version,
+    latest_version,
+)
 from sa_pgdispatch.testing import EphemeralPostgres
 
 pytestmark = pytest.mark.slow
@@ -306,3 +314,23 @@ def test_revision_files_compile(project: Project) -> None:
     assert len(files) == len(project.revisions)
     for path in files:
         compile(path.read_text(), str(path), "exec")
+
+
+def test_upgrade_pgdispatch_online(project: Project) -> None:
+    """op.upgrade_pgdispatch() runs the versioned upgrade scripts, keeping queued jobs."""
+    versions = available_versions()
+    if len(versions) < 2:
+        pytest.skip("a single pgdispatch version ships: nothing to upgrade")
+    engine = sa.create_engine(project.server.url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        op = Operations(MigrationContext.configure(connection=conn))
+        op.install_pgdispatch(version=versions[0], workers=0)  # type: ignore[attr-defined]
+        conn.execute(sa.text("SELECT pgdispatch.fire('SELECT 1')"))
+        op.upgrade_pgdispatch()  # type: ignore[attr-defined]
+        assert installed_version(conn) == versions[-1]
+        assert conn.scalar(sa.text("SELECT count(*) FROM pgdispatch.job")) == 1
+        with pytest.raises(InstallError, match="unfinished job"), conn.begin_nested():
+            op.uninstall_pgdispatch()  # type: ignore[attr-defined]
+        op.uninstall_pgdispatch(force=True)  # type: ignore[attr-defined]
+        assert installed_version(conn) is None
+    engine.dispose()
