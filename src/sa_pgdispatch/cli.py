@@ -1,0 +1,602 @@
+"""The ``sa-pgdispatch`` command: install, look at and drive pgdispatch from a shell.
+
+``sa-pgdispatch [--url URL] COMMAND ...``; the URL may also come from
+``$SA_PGDISPATCH_URL`` or ``$DATABASE_URL`` (``postgresql://`` and ``postgres://`` are
+read as ``postgresql+psycopg://``). Tables are drawn with rich in a terminal and
+printed as plain aligned text otherwise (pipes, logs, CI). See docs/cli.md.
+
+Exit codes: 0 success; 1 failure (a pgdispatch or database error, ``wait`` on a job
+that failed or was cancelled, ``demo`` with a missing side effect); 2 usage error
+(including no database URL); 3 database unreachable or pgdispatch not installed;
+4 ``wait`` timed out; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TextIO
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from . import jobs as jobs_api
+from .errors import JobTimeout, NotInstalled, PgDispatchError
+from .install import InstallError, install, installed_version, uninstall
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "URL_ENV_VARS",
+    "build_parser",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
+
+URL_ENV_VARS = ("SA_PGDISPATCH_URL", "DATABASE_URL")
+
+
+class UsageError(Exception):
+    """A command line that cannot work (exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+
+class Output:
+    """rich in a terminal, plain aligned text otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, *, rich: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.console = Console(file=self.stream, highlight=False, soft_wrap=False)
+        self.rich = self.console.is_terminal if rich is None else rich
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self.rich:
+            self.console.print(text, style=style, markup=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def render_table(
+        self, title: str | None, headers: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> Table | str:
+        cells = [[_cell(v) for v in row] for row in rows]
+        if self.rich:
+            table = Table(
+                title=title, title_justify="left", header_style="bold", show_header=any(headers)
+            )
+            for h in headers:
+                table.add_column(h, overflow="fold")
+            for row in cells:
+                table.add_row(*row)
+            return table
+        widths = [len(h) for h in headers]
+        for row in cells:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        out = [f"{title}:"] if title else []
+        if any(headers):
+            out.append(
+                "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+            )
+        out += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells
+        ]
+        if not cells:
+            out.append("(none)")
+        return "\n".join(out)
+
+    def table(
+        self, title: str | None, headers: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> None:
+        rendered = self.render_table(title, headers, rows)
+        if isinstance(rendered, str):
+            print(rendered, file=self.stream, flush=True)
+        else:
+            self.console.print(rendered)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, timedelta):
+        return _duration(value)
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%H:%M:%S.%f")[:-3]
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _duration(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    if abs(seconds) < 1:
+        return f"{seconds * 1000:.1f} ms"
+    if abs(seconds) < 120:
+        return f"{seconds:.2f} s"
+    return str(timedelta(seconds=round(seconds)))
+
+
+def _short(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------
+# Connection
+
+
+def normalize_url(raw: str) -> str:
+    """``postgresql://`` / ``postgres://`` -> ``postgresql+psycopg://``; other drivers
+    are refused (pgdispatch needs psycopg 3)."""
+    try:
+        if raw.startswith("postgres://"):
+            raw = "postgresql://" + raw[len("postgres://") :]
+        url = make_url(raw)
+    except sa_exc.ArgumentError as exc:
+        raise UsageError(f"invalid database URL: {exc}") from exc
+    if url.get_backend_name() != "postgresql":
+        raise UsageError(f"pgdispatch needs PostgreSQL, not {url.get_backend_name()}")
+    if url.get_driver_name() in ("", "psycopg2", "psycopg"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_driver_name() != "psycopg":
+        raise UsageError(f"pgdispatch needs the psycopg (3) driver, not {url.get_driver_name()}")
+    return url.render_as_string(hide_password=False)
+
+
+def resolve_url(given: str | None, environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    if given:
+        return normalize_url(given)
+    for name in URL_ENV_VARS:
+        if env.get(name):
+            return normalize_url(env[name])
+    raise UsageError(
+        "no database URL: pass --url or set SA_PGDISPATCH_URL (or DATABASE_URL), "
+        "e.g. postgresql://user@localhost/dbname"
+    )
+
+
+def _engine(args: argparse.Namespace) -> sa.Engine:
+    return sa.create_engine(resolve_url(args.url), poolclass=NullPool)
+
+
+def _require_installed(engine: sa.Engine) -> str:
+    version = installed_version(engine)
+    if version is None:
+        raise NotInstalled(
+            f"pgdispatch is not installed in {engine.url.database!r}: run `sa-pgdispatch install`"
+        )
+    return version
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_install(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    before = installed_version(engine)
+    version = install(engine, version=args.version, workers=args.workers or None)
+    if before == version:
+        out.line(f"pgdispatch {version} is already installed")
+    elif before is None:
+        workers = f", {args.workers} pg_cron worker(s) started" if args.workers else ""
+        out.line(f"installed pgdispatch {version}{workers}")
+    else:
+        out.line(f"upgraded pgdispatch {before} -> {version}")
+    return EXIT_OK
+
+
+def cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    if uninstall(engine, force=args.force):
+        out.line("uninstalled pgdispatch" + (" (forced)" if args.force else ""))
+    else:
+        out.line("pgdispatch is not installed: nothing to do")
+    return EXIT_OK
+
+
+_CRON_JOBS = sa.text(
+    "SELECT j.jobid, j.jobname, j.username, j.schedule, j.active"
+    " FROM cron.job j WHERE j.jobname LIKE 'pgdispatch:%' ORDER BY j.username, j.jobname"
+)
+_WORKERS = sa.text(
+    """
+    SELECT w.role, w.workers, w.enabled, w.schedule,
+           (SELECT count(*) FROM pg_locks l JOIN pg_roles r ON r.rolname = w.role
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+               AND l.classid::bigint BETWEEN 1885824114 AND 1885824113 + 16
+               AND l.objid::bigint = (r.oid::bigint & 4294967295)) AS alive,
+           (SELECT count(*) FROM pg_locks l JOIN pg_roles r ON r.rolname = w.role
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+               AND l.classid::bigint = 1885824113
+               AND l.objid::bigint = (r.oid::bigint & 4294967295)) AS watchdog
+      FROM pgdispatch.worker w ORDER BY w.role
+    """
+)
+_CRON_FAILURES = sa.text(
+    """
+    SELECT d.start_time, j.jobname, d.status, d.return_message
+      FROM cron.job_run_details d JOIN cron.job j ON j.jobid = d.jobid
+     WHERE j.jobname LIKE 'pgdispatch:%' AND d.status = 'failed'
+     ORDER BY d.start_time DESC LIMIT :limit
+    """
+)
+_SERVER = sa.text(
+    "SELECT current_database(), current_user, current_setting('server_version'),"
+    " CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')"
+    " THEN current_setting('cron.host', true) ELSE '(hidden from this role)' END"
+)
+_CRON_INFO = sa.text(
+    "SELECT version, background_workers, second_schedules, database_name"
+    " FROM pgdispatch.cron_info()"
+)
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    version = _require_installed(engine)
+    with engine.connect() as conn:
+        database, user, server, cron_host = conn.execute(_SERVER).one()
+        cron_version, bgw, seconds, cron_db = conn.execute(_CRON_INFO).one()
+        mode = "background workers" if bgw else "libpq"
+        if bgw and not seconds:
+            mode += (
+                " (BROKEN for long jobs on pg_cron < 1.5: set cron.use_background_workers = off)"
+            )
+        out.table(
+            "pgdispatch",
+            ["", ""],
+            [
+                ("database", f"{database} as {user} (PostgreSQL {server})"),
+                ("pgdispatch", version),
+                ("pg_cron", cron_version),
+                ("pg_cron mode", mode),
+                ("cron.host", cron_host if not bgw else "-"),
+                ("cron.database_name", cron_db),
+            ],
+        )
+        workers = conn.execute(_WORKERS).all()
+        out.table(
+            "workers per role",
+            ["role", "slots", "enabled", "schedule", "running now", "watchdog"],
+            [
+                (w.role, w.workers, "yes" if w.enabled else "no (stopped)", w.schedule,
+                 f"{w.alive}/{w.workers}", "yes" if w.watchdog else "no")
+                for w in workers
+            ],
+        )
+        cron_jobs = conn.execute(_CRON_JOBS).all()
+        out.table(
+            "pg_cron jobs",
+            ["jobid", "jobname", "user", "schedule", "active"],
+            [(j.jobid, j.jobname, j.username, j.schedule, j.active) for j in cron_jobs],
+        )
+        failures = conn.execute(_CRON_FAILURES, {"limit": args.failures}).all()
+        out.table(
+            f"recent pg_cron run failures (last {args.failures})",
+            ["started", "jobname", "status", "message"],
+            [(f.start_time, f.jobname, f.status, _short(f.return_message or "", 80))
+             for f in failures],
+        )
+    _print_stats(out, jobs_api.stats(engine), title="queue")
+    return EXIT_OK
+
+
+def _print_stats(out: Output, s: jobs_api.JobStats, *, title: str = "jobs") -> None:
+    rows: list[tuple[str, object]] = [(st.value, s.counts[st]) for st in jobs_api.JobState]
+    rows += [
+        ("due now", s.due),
+        ("oldest due job waiting", _duration(s.oldest_due_age)),
+        ("finished in the last minute", s.finished_last_minute),
+        ("throughput (last minute)", f"{s.throughput:.2f} jobs/s"),
+        (f"run time p50 / p95 ({_duration(s.window)})",
+         f"{_duration(s.p50_run_time)} / {_duration(s.p95_run_time)}"),
+        (f"start latency p50 / p95 ({_duration(s.window)})",
+         f"{_duration(s.p50_start_latency)} / {_duration(s.p95_start_latency)}"),
+    ]
+    out.table(title, ["", ""], rows)
+
+
+def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    _require_installed(engine)
+    _print_stats(out, jobs_api.stats(engine, window=timedelta(seconds=args.window)))
+    return EXIT_OK
+
+
+_JOB_HEADERS = [
+    "id", "state", "role", "command", "tries", "created", "latency", "run time", "error",
+]
+
+
+def _job_rows(items: Sequence[jobs_api.Job]) -> list[tuple[object, ...]]:
+    return [
+        (
+            j.id,
+            j.state.value,
+            j.role,
+            _short(j.command, 48),
+            f"{j.attempts}/{j.max_attempts}",
+            j.created_at,
+            j.start_latency,
+            j.run_time,
+            _short(str((j.error or {}).get("message", "")), 40) or None,
+        )
+        for j in items
+    ]
+
+
+def cmd_jobs(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    _require_installed(engine)
+    states = args.state or None
+
+    def fetch() -> list[tuple[object, ...]]:
+        return _job_rows(jobs_api.list_jobs(engine, state=states, limit=args.limit))
+
+    title = f"recent jobs ({', '.join(states) if states else 'all states'}, limit {args.limit})"
+    if args.watch is None:
+        out.table(title, _JOB_HEADERS, fetch())
+        return EXIT_OK
+    iterations = 0
+    if out.rich:
+        with Live(out.render_table(title, _JOB_HEADERS, fetch()), console=out.console,
+                  auto_refresh=False) as live:
+            while True:
+                iterations += 1
+                if args.iterations and iterations >= args.iterations:
+                    break
+                time.sleep(args.watch)
+                live.update(out.render_table(title, _JOB_HEADERS, fetch()), refresh=True)
+        return EXIT_OK
+    while True:
+        iterations += 1
+        out.line(f"--- {datetime.now().astimezone():%H:%M:%S}")
+        out.table(title, _JOB_HEADERS, fetch())
+        if args.iterations and iterations >= args.iterations:
+            return EXIT_OK
+        time.sleep(args.watch)
+
+
+def cmd_wait(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    _require_installed(engine)
+    job = jobs_api.get(engine, args.job_id)
+    started = time.monotonic()
+    last_state = None
+
+    def report(j: jobs_api.Job) -> None:
+        nonlocal last_state
+        if j.state != last_state:
+            out.line(f"job {j.id}: {j.state.value} ({time.monotonic() - started:.1f} s)")
+            last_state = j.state
+
+    timeout = args.timeout if args.timeout > 0 else None
+    try:
+        if out.rich:
+            with out.console.status(f"job {job.id}: {job.state.value}") as status:
+                report(job)
+
+                def show(j: jobs_api.Job) -> None:
+                    report(j)
+                    elapsed = time.monotonic() - started
+                    status.update(f"job {j.id}: {j.state.value}  {elapsed:.1f} s")
+
+                job = _wait_reporting(engine, job, timeout, show)
+        else:
+            report(job)
+            job = _wait_reporting(engine, job, timeout, report)
+    except JobTimeout as exc:
+        out.line(str(exc))
+        return EXIT_TIMEOUT
+    report(job)
+    out.table(None, ["", ""], [
+        ("state", job.state.value),
+        ("attempts", f"{job.attempts}/{job.max_attempts}"),
+        ("start latency", _duration(job.start_latency)),
+        ("run time", _duration(job.run_time)),
+        ("rows affected", job.rows_affected),
+        *([("result", _short(str(job.result), 200))] if job.capture else []),
+        *[(f"error {k}", v) for k, v in (job.error or {}).items()],
+    ])
+    return EXIT_OK if job.state is jobs_api.JobState.SUCCEEDED else EXIT_FAILURE
+
+
+def _wait_reporting(
+    engine: sa.Engine,
+    job: jobs_api.Job,
+    timeout: float | None,
+    on_change: Callable[[jobs_api.Job], object],
+) -> jobs_api.Job:
+    """Like jobs.wait, reporting every state seen (queued -> running -> ...)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.01
+    while not job.finished:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise JobTimeout(job, timeout or 0.0)
+        time.sleep(delay if remaining is None else min(delay, remaining))
+        delay = min(delay * 1.5, 0.25)
+        job = jobs_api.get(engine, job.id)
+        on_change(job)
+    return job
+
+
+def cmd_drain(args: argparse.Namespace, out: Output) -> int:
+    from .testing.drain import drain
+
+    engine = _engine(args)
+    _require_installed(engine)
+    with engine.connect() as conn:
+        role = conn.execute(sa.text("SELECT current_user")).scalar_one()
+        conn.rollback()
+        finished = drain(conn)
+    out.line(f"drained: {finished} job(s) of role {role} finished")
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    from .alembic import init_project
+
+    url = normalize_url(args.url) if args.url else None
+    ini = init_project(
+        args.directory,
+        url=url,
+        install_revision=not args.no_install_revision,
+        metadata=args.metadata,
+    )
+    out.line(f"wrote {ini} and the migration environment in {args.directory}")
+    out.line("next: set SA_PGDISPATCH_URL (or sqlalchemy.url in alembic.ini), then run")
+    out.line(f"  alembic -c {ini} upgrade head")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    from .demo import run_demo
+
+    url = normalize_url(args.url) if args.url else None
+    ok = run_demo(url=url, profiles=args.profiles, out=out)
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+# ---------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help="database URL (default: $SA_PGDISPATCH_URL, then $DATABASE_URL)",
+    )
+    common.add_argument(
+        "--plain",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="plain text output even in a terminal",
+    )
+    parser = argparse.ArgumentParser(
+        prog="sa-pgdispatch",
+        description="Install, inspect and drive pgdispatch (asynchronous SQL side effects "
+        "on pg_cron).",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 database unreachable or pgdispatch "
+        "not installed, 4 wait timed out, 130 interrupted. See docs/cli.md.",
+        parents=[common],
+    )
+    parser.set_defaults(url=None, plain=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, func: Callable[[argparse.Namespace, Output], int]
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = add("install", "install (or upgrade) pgdispatch in the database", cmd_install)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="pg_cron workers to start for the connected role (default 1; 0: none "
+                   "until the first dispatch)")
+    p.add_argument("--version", default=None, help="pgdispatch version (default: latest)")
+
+    p = add("uninstall", "remove pgdispatch, its pg_cron jobs and definer functions",
+            cmd_uninstall)
+    p.add_argument("--force", action="store_true",
+                   help="also when jobs are queued or dispatch triggers exist (drops them)")
+
+    p = add("status", "versions, pg_cron mode, workers per role, recent failures, queue",
+            cmd_status)
+    p.add_argument("--failures", type=int, default=5, metavar="N",
+                   help="recent pg_cron run failures to show (default 5)")
+
+    p = add("jobs", "a table of recent jobs", cmd_jobs)
+    p.add_argument("--state", action="append", choices=[s.value for s in jobs_api.JobState],
+                   help="only jobs in this state (repeatable)")
+    p.add_argument("--limit", type=int, default=20, help="rows (default 20)")
+    p.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 1) until Ctrl-C")
+    p.add_argument("--iterations", type=int, default=0, metavar="N",
+                   help="with --watch: stop after N refreshes (default: never)")
+
+    p = add("stats", "counts per state, oldest due job, throughput, run time percentiles",
+            cmd_stats)
+    p.add_argument("--window", type=float, default=300, metavar="SECONDS",
+                   help="window of the percentiles (default 300)")
+
+    p = add("wait", "wait for a job to finish, showing its progress", cmd_wait)
+    p.add_argument("job_id", type=int, metavar="JOB_ID")
+    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+                   help="give up after SECONDS (default 60; 0: never); exit 4")
+
+    add("drain", "run every due job of the connected role now, in this session", cmd_drain)
+
+    p = add("init", "write an Alembic environment wired for pgdispatch", cmd_init)
+    p.add_argument("directory", metavar="DIR", help="the migration directory to create")
+    p.add_argument("--no-install-revision", action="store_true",
+                   help="no first revision installing pgdispatch")
+    p.add_argument("--metadata", default=None, metavar="MODULE:ATTR",
+                   help="your models' MetaData for autogenerate, e.g. myapp.models:Base.metadata")
+
+    p = add("demo", "a throwaway server (or --url), an app, jobs run by real pg_cron workers",
+            cmd_demo)
+    p.add_argument("--profiles", type=int, default=10, metavar="N",
+                   help="profiles inserted in each mode (default 10)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    out = Output(stdout, rich=False if args.plain else None)
+    err = Output(sys.stderr, rich=False)
+    try:
+        return int(args.func(args, out))
+    except UsageError as exc:
+        err.line(f"sa-pgdispatch: {exc}")
+        return EXIT_USAGE
+    except NotInstalled as exc:
+        err.line(f"sa-pgdispatch: {exc}")
+        return EXIT_UNAVAILABLE
+    except sa_exc.OperationalError as exc:
+        err.line(f"sa-pgdispatch: cannot reach the database: {exc.orig or exc}".strip())
+        return EXIT_UNAVAILABLE
+    except CommandError as exc:  # alembic (init)
+        err.line(f"sa-pgdispatch: {exc}")
+        return EXIT_FAILURE
+    except (PgDispatchError, InstallError, sa_exc.DBAPIError) as exc:
+        message = str(exc.orig) if isinstance(exc, sa_exc.DBAPIError) else str(exc)
+        err.line(f"sa-pgdispatch: {message}".strip())
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        err.line("sa-pgdispatch: interrupted")
+        return EXIT_INTERRUPTED
+

@@ -1,0 +1,240 @@
+"""The sa-pgdispatch command: main(argv) in-process, and once as a console script."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from sa_pgdispatch import cli, jobs
+from sa_pgdispatch.testing import EphemeralPostgres
+from sa_pgdispatch.testing.drain import drain
+from sa_pgdispatch.testing.server import PgServer
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    if env is not None:
+        saved = {k: os.environ.get(k) for k in cli.URL_ENV_VARS}
+        for k in cli.URL_ENV_VARS:
+            os.environ.pop(k, None)
+        os.environ.update(env)
+    try:
+        code = cli.main(list(argv), stdout=out)
+    finally:
+        if env is not None:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def role_url(pgdispatch_server: PgServer, pgdispatch_role: Callable[..., str]) -> Iterator[str]:
+    """A role with its workers stopped: its jobs run only when drained."""
+    url = pgdispatch_server.connect_url(user=pgdispatch_role("cli"))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pgdispatch.stop()"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def role_engine(role_url: str) -> Iterator[Engine]:
+    engine = create_engine(role_url)
+    yield engine
+    engine.dispose()
+
+
+def dispatch(engine: Engine, command: str) -> int:
+    with engine.begin() as conn:
+        return int(
+            conn.execute(text("SELECT pgdispatch.dispatch(:c)"), {"c": command}).scalar_one()
+        )
+
+
+def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "Exit codes" in capsys.readouterr().out
+    for command in ("install", "uninstall", "status", "jobs", "stats", "wait", "drain",
+                    "init", "demo"):
+        assert cli.main([command, "--help"]) == 0
+        assert f"usage: sa-pgdispatch {command}" in capsys.readouterr().out
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == cli.EXIT_USAGE
+    assert cli.main(["nope"]) == cli.EXIT_USAGE
+    code, _ = run("status", env={})
+    assert code == cli.EXIT_USAGE
+    assert "no database URL" in capsys.readouterr().err
+    assert run("status", "--url", "mysql://x@y/z")[0] == cli.EXIT_USAGE
+
+
+def test_url_resolution() -> None:
+    assert cli.resolve_url(None, {"DATABASE_URL": "postgres://u@h/d"}) == (
+        "postgresql+psycopg://u@h/d"
+    )
+    assert cli.resolve_url(
+        None, {"SA_PGDISPATCH_URL": "postgresql://a@h/d", "DATABASE_URL": "postgresql://b@h/d"}
+    ) == "postgresql+psycopg://a@h/d"
+    assert cli.resolve_url("postgresql://c@h/d", {"SA_PGDISPATCH_URL": "postgresql://a@h/d"}) == (
+        "postgresql+psycopg://c@h/d"
+    )
+    with pytest.raises(cli.UsageError, match="psycopg"):
+        cli.resolve_url("postgresql+asyncpg://u@h/d", {})
+
+
+def test_unreachable_database(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("status", "--url", "postgresql://nobody@/nodb?host=/nonexistent-dir&port=1")
+    assert code == cli.EXIT_UNAVAILABLE
+    assert "cannot reach the database" in capsys.readouterr().err
+
+
+def test_status(role_url: str, pgdispatch_server: PgServer) -> None:
+    code, out = run("status", "--url", pgdispatch_server.url)
+    assert code == 0, out
+    assert "pgdispatch" in out
+    assert "pg_cron mode" in out
+    assert "libpq" in out
+    assert "cron.database_name" in out
+    assert "workers per role" in out
+    assert "recent pg_cron run failures" in out
+    assert "queued" in out
+    # plain text when not a terminal: no box drawing
+    assert "┃" not in out
+    assert "│" not in out
+    code, out = run("status", url_env(role_url))
+    assert code == 0
+
+
+def url_env(url: str) -> str:
+    return f"--url={url}"
+
+
+def test_jobs_stats_wait_drain(role_url: str, role_engine: Engine) -> None:
+    ok = dispatch(role_engine, "SELECT 1")
+    bad = dispatch(role_engine, "SELECT 1/0")
+    code, out = run("jobs", "--url", role_url, "--state", "queued")
+    assert code == 0
+    assert str(ok) in out
+    assert str(bad) in out
+    code, out = run("drain", "--url", role_url)
+    assert code == 0
+    assert "2 job(s)" in out
+    code, out = run("jobs", "--url", role_url, "--limit", "5")
+    assert "succeeded" in out
+    assert "failed" in out
+    assert "division by zero" in out
+    code, out = run("stats", "--url", role_url)
+    assert code == 0
+    assert "throughput" in out
+    assert "p50" in out
+    code, out = run("wait", str(ok), "--url", role_url)
+    assert code == 0
+    assert f"job {ok}: succeeded" in out
+    code, out = run("wait", str(bad), "--url", role_url)
+    assert code == cli.EXIT_FAILURE
+    assert "division by zero" in out
+
+
+def test_wait_shows_progress_and_times_out(role_url: str, role_engine: Engine) -> None:
+    job_id = dispatch(role_engine, "SELECT pg_sleep(0.3)")
+    code, out = run("wait", str(job_id), "--url", role_url, "--timeout", "0.3")
+    assert code == cli.EXIT_TIMEOUT
+    assert f"job {job_id} is still queued" in out
+
+    worker = threading.Thread(target=lambda: (time.sleep(0.3), drain(role_engine)), daemon=True)
+    worker.start()
+    code, out = run("wait", str(job_id), "--url", role_url, "--timeout", "30")
+    worker.join()
+    assert code == 0
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"job {job_id}:")]
+    states = [ln.split()[2] for ln in lines]
+    assert states[0] == "queued"
+    assert states[-1] == "succeeded"
+    assert "running" in states  # pg_sleep(0.3) is long enough to be seen running
+
+    code, _ = run("wait", "2000000003", "--url", role_url)
+    assert code == cli.EXIT_FAILURE
+
+
+def test_jobs_watch(role_url: str) -> None:
+    code, out = run("jobs", "--url", role_url, "--watch", "0.05", "--iterations", "3")
+    assert code == 0
+    assert out.count("recent jobs") == 3
+
+
+def test_install_status_uninstall_on_a_server_of_its_own() -> None:
+    with EphemeralPostgres() as server:
+        url = server.url
+        code, _ = run("status", "--url", url)
+        assert code == cli.EXIT_UNAVAILABLE
+        code, out = run("install", "--url", url, "--workers", "0")
+        assert code == 0
+        assert "installed pgdispatch" in out
+        code, out = run("install", "--url", url)
+        assert "already installed" in out
+        engine = create_engine(url)
+        try:
+            dispatch(engine, "SELECT 1")  # schedules the role's workers (first dispatch)
+            code, out = run("status", "--url", url)
+            assert code == 0
+            assert "pgdispatch:postgres:1" in out
+            assert "pgdispatch:postgres:watchdog" in out
+            code, out = run("uninstall", "--url", url)
+            assert code == cli.EXIT_FAILURE  # a queued job
+            code, out = run("uninstall", "--url", url, "--force")
+            assert code == 0
+            assert "uninstalled" in out
+            with engine.connect() as conn:
+                left = conn.execute(
+                    text("SELECT count(*) FROM cron.job WHERE jobname LIKE 'pgdispatch:%'")
+                ).scalar_one()
+            assert left == 0
+        finally:
+            engine.dispose()
+        code, out = run("uninstall", "--url", url)
+        assert "not installed" in out
+
+
+def test_init(tmp_path: Path) -> None:
+    code, out = run("init", str(tmp_path / "migrations"), "--url", "postgresql://u@h/d")
+    assert code == 0
+    ini = tmp_path / "alembic.ini"
+    assert ini.exists()
+    assert "postgresql+psycopg://u@h/d" in ini.read_text()
+    assert list((tmp_path / "migrations" / "versions").glob("*install_pgdispatch*.py"))
+    assert "alembic -c" in out
+    code, _ = run("init", str(tmp_path / "migrations"))  # exists, not empty
+    assert code == cli.EXIT_FAILURE
+
+
+def test_console_script(role_url: str, role_engine: Engine) -> None:
+    job_id = dispatch(role_engine, "SELECT 1")
+    drain(role_engine)
+    script = Path(sys.executable).with_name("sa-pgdispatch")
+    env = {**os.environ, "SA_PGDISPATCH_URL": role_url}
+    done = subprocess.run(
+        [str(script), "wait", str(job_id)], capture_output=True, text=True, env=env,
+        timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"job {job_id}: succeeded" in done.stdout
+    bad = subprocess.run(
+        [str(script), "wait"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert bad.returncode == cli.EXIT_USAGE
+    assert "JOB_ID" in bad.stderr
+    assert jobs.get(role_engine, job_id).state is jobs.JobState.SUCCEEDED
