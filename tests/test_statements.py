@@ -508,3 +508,80 @@ def test_string_length_limits_are_not_render_errors(engine):
         with pytest.raises(Exception, match="too long"):
             run_raw(conn, render_sql(insert(short).values(v="abcd")))
         conn.rollback()
+
+
+# ---------------------------------------------------------------------------------------
+# Python-side column defaults and implicit RETURNING
+
+
+def default_columns(*, context_sensitive: bool = True) -> list[Column[Any]]:
+    columns: list[Column[Any]] = [
+        Column("id", Integer, primary_key=True),
+        Column("token", Uuid, default=uuid.uuid4),
+        Column("status", Text, default="new", onupdate="changed"),
+        Column("made", DateTime, server_default=func.now()),
+    ]
+    if context_sensitive:
+        columns.append(
+            Column("copy", Integer, default=lambda ctx: ctx.get_current_parameters()["id"])
+        )
+    return columns
+
+
+with_defaults = Table("with_defaults", MetaData(), *default_columns())
+
+
+def test_python_defaults_are_computed_and_rendered():
+    sql = render_sql(insert(with_defaults).values(id=1, copy=5))
+    assert sql.startswith("INSERT INTO with_defaults (id, token, status, copy) VALUES (1, '")
+    assert sql.endswith("'::uuid, 'new', 5)")
+    uuid.UUID(sql.split("'")[1])  # a real, freshly computed UUID
+    assert render_sql(update(with_defaults).values(id=2)) == (
+        "UPDATE with_defaults SET id=2, status='changed'"
+    )
+    # explicit values win over defaults
+    assert render_sql(insert(with_defaults).values(id=1, token=None, status=None, copy=1)) == (
+        "INSERT INTO with_defaults (id, token, status, copy) VALUES (1, NULL, NULL, 1)"
+    )
+
+
+def test_no_implicit_returning_but_explicit_returning_kept():
+    sql = render_sql(insert(with_defaults).values(status="s", token=None, copy=1))
+    assert "RETURNING" not in sql
+    sql = render_sql(insert(with_defaults).values(id=1, copy=1).returning(with_defaults.c.id))
+    assert sql.endswith(" RETURNING with_defaults.id")
+
+
+@pytest.mark.parametrize(
+    ("stmt", "message"),
+    [
+        (insert(with_defaults).values(id=1), "context-sensitive"),
+        (
+            insert(with_defaults).values([{"id": 1, "copy": 1}, {"id": 2, "copy": 2}]),
+            "need explicit values in a multi-row",
+        ),
+        (
+            insert(with_defaults).from_select(["id"], select(literal(1))),
+            "need explicit values in a multi-row or INSERT ... SELECT",
+        ),
+    ],
+)
+def test_python_defaults_that_cannot_be_computed(stmt, message):
+    with pytest.raises(DispatchRenderError, match=message):
+        render_sql(stmt)
+
+
+def test_python_defaults_round_trip(engine):
+    table = Table(
+        "with_defaults", MetaData(schema=SCHEMA), *default_columns(context_sensitive=False)
+    )
+    with engine.connect() as conn:
+        table.create(conn)
+        run_raw(conn, render_sql(insert(table).values(id=1)))
+        run_raw(conn, render_sql(update(table).where(table.c.id == 1).values(id=2)))
+        row = conn.execute(select(table)).one()
+        conn.rollback()
+    assert row.id == 2
+    assert isinstance(row.token, uuid.UUID)
+    assert row.status == "changed"
+    assert row.made is not None

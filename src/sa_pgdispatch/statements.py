@@ -65,6 +65,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.base import PGCompiler, PGDialect
 from sqlalchemy.sql import elements, sqltypes
 from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert, Update
 
 from . import functions
 
@@ -329,15 +331,72 @@ def render_sql(stmt: str | Executable) -> str:
         if "\x00" in stmt:
             raise DispatchRenderError("SQL command contains a NUL character")
         return stmt
-    if not isinstance(stmt, elements.ClauseElement) or not isinstance(stmt, Executable):
+    if not isinstance(stmt, Executable):
         raise TypeError(f"expected a SQL string or a SQLAlchemy statement, got {stmt!r}")
+    if isinstance(stmt, Insert):
+        # no implicit "RETURNING <primary key>": the job has nobody to return it to
+        stmt = stmt.inline()
+    compiled = _compile(stmt)
+    prefetch = [*compiled.insert_prefetch, *compiled.update_prefetch]
+    if prefetch:
+        # Python-side column defaults (``default=`` / ``onupdate=``) are computed by
+        # SQLAlchemy just before execution: compute them now and render the values
+        if not isinstance(stmt, (Insert, Update)) or _is_multi_row_or_select(stmt):
+            raise DispatchRenderError(
+                "columns with Python-side defaults ("
+                + ", ".join(c.key for c in prefetch)
+                + ") need explicit values in a multi-row or INSERT ... SELECT statement"
+            )
+        update = isinstance(stmt, Update)
+        values = {c.key: _python_default(c, update=update) for c in prefetch}
+        compiled = _compile(stmt.values(values))
+        if compiled.insert_prefetch or compiled.update_prefetch:  # pragma: no cover
+            raise DispatchRenderError("Python-side column defaults could not be rendered")
+    return str(compiled)
+
+
+def _compile(stmt: Any) -> SQLCompiler:
     try:
         compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True})
     except DispatchRenderError:
         raise
     except sa_exc.CompileError as err:
         raise DispatchRenderError(f"cannot render statement for dispatch: {err}") from err
-    return str(compiled)
+    if not isinstance(compiled, SQLCompiler):  # DDL
+        return _DDLResult(str(compiled))  # type: ignore[return-value]
+    return compiled
+
+
+class _DDLResult(str):
+    insert_prefetch: tuple[()] = ()
+    update_prefetch: tuple[()] = ()
+
+
+def _is_multi_row_or_select(stmt: Insert | Update) -> bool:
+    if isinstance(stmt, Insert):
+        return bool(stmt._multi_values) or stmt.select is not None
+    return False
+
+
+class _NoContext:
+    def __getattr__(self, name: str) -> Any:
+        raise DispatchRenderError(
+            "a context-sensitive Python column default cannot be computed before dispatch; "
+            "give the column an explicit value"
+        )
+
+
+def _python_default(column: Any, *, update: bool) -> Any:
+    default = column.onupdate if update else column.default
+    if default is None:  # pragma: no cover - SQLAlchemy prefetches only defaulted columns
+        raise DispatchRenderError(f"column {column.key!r} has no Python-side default")
+    if default.is_scalar:
+        return default.arg
+    if default.is_callable:
+        return default.arg(_NoContext())
+    raise DispatchRenderError(  # pragma: no cover - other kinds are not prefetched
+        f"cannot compute the default of column {column.key!r}"
+    )
 
 
 # ---------------------------------------------------------------------------

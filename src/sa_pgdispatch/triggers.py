@@ -65,6 +65,7 @@ __all__ = [
     "PgDispatchNotInstalledError",
     "RowReference",
     "check_installed",
+    "check_when_text",
     "create_dispatch_trigger_ddl",
     "definitions_equal",
     "dispatch_triggers",
