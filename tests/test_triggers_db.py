@@ -631,3 +631,34 @@ def test_or_replace_changes_a_trigger_in_place(pgdispatch_db: Engine, app: str) 
         (info,) = reflect_dispatch_triggers(conn, schema=app)
         assert definitions_equal(conn, replacement, info, tbl)
         assert info.priority == "9"
+
+
+def test_percent_signs_everywhere_round_trip(pgdispatch_db: Engine, app: str) -> None:
+    odd = f"{app} 100% odd"
+    metadata = MetaData(schema=odd)
+    tbl = Table(
+        "t%s",
+        metadata,
+        Column("v%", Text),
+        DispatchTrigger("p%t", f"{app}.record", on="update", columns=["v%"], delay="1"),
+        DispatchTrigger("p%w", f"{app}.record", when="NEW.\"v%\" LIKE '%(x)s%%'"),
+        DispatchTrigger("p%e", f"{app}.record", on="delete", when=column("v%") == "%s"),
+    )
+    with pgdispatch_db.begin() as conn:
+        conn.execute(CreateSchema(odd))
+    try:
+        metadata.create_all(pgdispatch_db)
+        with pgdispatch_db.begin() as conn:
+            infos = reflect_dispatch_triggers(conn, schema=odd)
+            assert [i.name for i in infos] == ["p%e", "p%t", "p%w"]
+            assert infos[2].when == "(new.\"v%\" ~~ '%(x)s%%'::text)"
+            for info in infos:
+                trig = next(t for t in dispatch_triggers(tbl) if t.name == info.name)
+                assert definitions_equal(conn, trig, info), trig.info_for(tbl, conn).diff(info)
+            conn.execute(insert(tbl).values({"v%": "a%(x)s%%b"}))
+            conn.execute(delete(tbl))
+        drain(pgdispatch_db)
+        assert effects(pgdispatch_db, app) == [{"v%": "a%(x)s%%b"}]
+    finally:
+        with pgdispatch_db.begin() as conn:
+            conn.execute(DropSchema(odd, cascade=True))

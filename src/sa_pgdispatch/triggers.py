@@ -1129,8 +1129,11 @@ def _normalise_when(
     conn: Connection, trigger: DispatchTrigger, table: Table | TableClause, when: str
 ) -> str:
     """``when`` as pg_get_triggerdef() prints it, from a trigger on a temporary copy
-    (``LIKE``) of the table, inside a savepoint that is rolled back."""
-    prep = conn.dialect.identifier_preparer
+    (``LIKE``) of the table, inside a savepoint that is rolled back.
+
+    The statements run as plain SQL without parameters (no placeholder parsing, so no
+    ``%`` doubling whatever the driver's paramstyle)."""
+    prep = statements._DIALECT.identifier_preparer
     source = prep.format_table(table)
     temp = f"pgdispatch_when_{uuid.uuid4().hex[:12]}"
     events = " OR ".join(e.upper() for e in trigger.events)
@@ -1138,13 +1141,16 @@ def _normalise_when(
         events = events.replace(
             "UPDATE", "UPDATE OF " + ", ".join(prep.quote(c) for c in trigger.columns)
         )
-    pct = _percent_for(prep._double_percents)
+    plain = {"no_parameters": True}
     savepoint = conn.begin_nested()
     try:
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {temp} (LIKE {source})")
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {temp} (LIKE {source})", execution_options=plain
+        )
         conn.exec_driver_sql(
             f"CREATE TRIGGER {temp} AFTER {events} ON pg_temp.{temp} FOR EACH ROW "
-            f"WHEN ({pct(when)}) EXECUTE FUNCTION pgdispatch.trigger()"
+            f"WHEN ({when}) EXECUTE FUNCTION pgdispatch.trigger()",
+            execution_options=plain,
         )
         definition = conn.scalar(
             text(
