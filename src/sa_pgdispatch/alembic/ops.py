@@ -28,6 +28,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy.sql.expression import TableClause
 
 from ..install import InstallError, install, install_sql, uninstall, uninstall_sql, upgrade
@@ -45,6 +46,7 @@ __all__ = [
     "DispatchTriggerOpError",
     "DropDispatchTriggerOp",
     "InstallPgdispatchOp",
+    "PgdispatchMigrationError",
     "ReplaceDispatchTriggerOp",
     "TriggerDefinition",
     "UninstallPgdispatchOp",
@@ -61,6 +63,15 @@ IntervalArg = dt.timedelta | str
 
 class DispatchTriggerOpError(ValueError):
     """A pgdispatch migration operation cannot be built, reversed or run as asked."""
+
+
+class PgdispatchMigrationError(InstallError, CommandError):
+    """pgdispatch cannot be installed, upgraded or uninstalled by a migration.
+
+    An :class:`~sa_pgdispatch.install.InstallError` for Python callers, and an
+    ``alembic.util.CommandError`` so that the ``alembic`` command prints
+    ``FAILED: <message>`` instead of a traceback.
+    """
 
 
 # ---------------------------------------------------------------------------------------
@@ -577,15 +588,24 @@ def _uninstall(operations: Operations, operation: UninstallPgdispatchOp) -> None
     force = operation.force or bool(ctx.opts.get(FORCE_UNINSTALL_OPTION, False))
     if ctx.as_sql:
         _static(operations, uninstall_sql(force=force))
-    else:
+        return
+    try:
         uninstall(_connection(operations), force=force)
+    except PgdispatchMigrationError:
+        raise
+    except InstallError as exc:
+        raise PgdispatchMigrationError(
+            f"{exc}. To uninstall anyway (queued jobs are lost), force it: "
+            "op.uninstall_pgdispatch(force=True), or with the sa_pgdispatch template "
+            "`alembic -x force_uninstall=true downgrade ...`"
+        ) from exc
 
 
 @Operations.implementation_for(UpgradePgdispatchOp)
 def _upgrade(operations: Operations, operation: UpgradePgdispatchOp) -> None:
     if _context(operations).as_sql:
         if operation.from_version is None:
-            raise InstallError(
+            raise PgdispatchMigrationError(
                 "op.upgrade_pgdispatch() in offline (--sql) mode needs from_version=...: "
                 "the installed version cannot be read without a database"
             )
