@@ -242,3 +242,13 @@ def test_install_is_not_emitted_when_installed(conn: sa.Connection, schema: str)
     metadata = sa.MetaData()
     _profiles(metadata, schema, _trigger())
     assert not any(isinstance(o, InstallPgdispatchOp) for o in _diff(conn, metadata, schema))
+
+
+def test_percent_signs_and_quotes_survive_online_ddl(conn: sa.Connection, schema: str) -> None:
+    metadata = sa.MetaData()
+    _profiles(metadata, schema, _trigger(when="NEW.status LIKE '100%% o''clock%'"))
+    diff = _diff(conn, metadata, schema)
+    _run(conn, *diff)
+    (info,) = reflect_dispatch_triggers(conn, schema=schema)
+    assert info.when == "(new.status ~~ '100%% o''clock%'::text)"
+    assert _diff(conn, metadata, schema) == []
