@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 from sqlalchemy import Engine, text
@@ -35,6 +36,7 @@ class CronProof:
     table: str
     token: str
     scheduled_at: float  # time.monotonic() when it was scheduled
+    scheduled_db: datetime  # the server's clock_timestamp() then
 
 
 def _session_has_e2e(session: pytest.Session) -> bool:
@@ -70,8 +72,9 @@ def cron_proof(request: pytest.FixtureRequest) -> Iterator[CronProof | None]:
                 "command": f"INSERT INTO {table} VALUES ('{token}', clock_timestamp())",
             },
         ).scalar_one()
+        scheduled_db = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     try:
-        yield CronProof(int(jobid), jobname, table, token, time.monotonic())
+        yield CronProof(int(jobid), jobname, table, token, time.monotonic(), scheduled_db)
     finally:
         with engine.begin() as conn:
             conn.execute(
