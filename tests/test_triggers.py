@@ -504,3 +504,8 @@ def test_when_from_triggerdef(definition, when):
 )
 def test_standardise_strings(text, scs, expected):
     assert standardise_strings(text, standard_conforming_strings=scs) == expected
+
+
+def test_row_references_have_distinct_cache_keys():
+    assert new_row("a")._generate_cache_key() != old_row("a")._generate_cache_key()
+    assert new_row("a")._generate_cache_key() == new_row("a")._generate_cache_key()

@@ -51,6 +51,7 @@ from sqlalchemy.schema import (
 from sqlalchemy.sql import elements, visitors
 from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
 from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from . import statements
 from .statements import quote_literal
@@ -416,6 +417,10 @@ class RowReference(elements.ColumnClause[Any]):
 
     __visit_name__ = "pgdispatch_row_reference"
     inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's convention
+        *elements.ColumnClause._traverse_internals,
+        ("row", InternalTraversal.dp_string),
+    ]
 
     def __init__(self, row: Literal["NEW", "OLD"], name: str, type_: Any = None) -> None:
         if row not in ("NEW", "OLD"):
@@ -1211,7 +1216,7 @@ def reflect_dispatch_triggers(
 
     ``schema`` / ``table_name`` filter (``None``: any). Inherited clones of triggers on
     partitions are left out. Values are normalised like :meth:`DispatchTrigger.info_for`
-    with a connection.
+    with a connection. The trigger arguments are decoded as UTF-8 (a UTF8 database).
     """
     version = conn.dialect.server_version_info
     parent = "AND t.tgparentid = 0" if version is None or version >= (13,) else ""
