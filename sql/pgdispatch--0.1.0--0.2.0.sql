@@ -4,7 +4,10 @@
 --   every settings.prune_interval, a new setting, instead of a fixed 10 s).
 -- * pgdispatch.trigger(): the row-level hot path inserts the job itself instead of
 --   calling pgdispatch.dispatch() (one PL/pgSQL call less per dispatched row).
--- * work(drain => true) in a caller's session keeps the caller's prepared statements.
+-- * work(drain => true) in a caller's session keeps the caller's prepared statements;
+--   work(max_jobs => N) stops after N job attempts.
+-- * The jobs view shows a job running until its worker commits the outcome (a
+--   transaction advisory lock, classid 1885824110), not queued again in between.
 -- * Security fixes: cancellation requests and definer-function records are checked
 --   against the role that files them; uninstall works with other roles' workers.
 -- Queued jobs are kept; running workers pick the new code up at their next run.
@@ -35,10 +38,15 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE PROCEDURE pgdispatch.work(
+-- 0.2.0 adds max_jobs: stop after that many job attempts (drains that stop part-way).
+-- A new argument needs a new procedure; pg_cron's commands (CALL pgdispatch.work(slot => N))
+-- keep working.
+DROP PROCEDURE pgdispatch.work(integer, boolean, interval);
+CREATE PROCEDURE pgdispatch.work(
   slot integer DEFAULT 0,
   drain boolean DEFAULT false,
-  max_runtime interval DEFAULT NULL)
+  max_runtime interval DEFAULT NULL,
+  max_jobs integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
   me name := session_user;
@@ -63,6 +71,7 @@ DECLARE
   backoff interval;
   keep_prepared text[];
   stmt text;
+  attempted integer := 0;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -70,6 +79,9 @@ BEGIN
       USING ERRCODE = 'insufficient_privilege',
             HINT = 'Jobs run with exactly the privileges of the role that dispatched them: '
                    'connect as that role instead of SET ROLE.';
+  END IF;
+  IF max_jobs < 1 THEN
+    RAISE EXCEPTION 'pgdispatch: max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF slot < 0 THEN
     RAISE EXCEPTION 'pgdispatch: slot must be >= 0' USING ERRCODE = 'invalid_parameter_value';
@@ -107,10 +119,13 @@ BEGIN
       SELECT * FROM pgdispatch.job q
        WHERE q.role = me AND q.run_at <= clock_timestamp()
        ORDER BY q.priority DESC, q.run_at, q.id
-       LIMIT cfg.batch_size
+       LIMIT least(cfg.batch_size, max_jobs - attempted)
          FOR UPDATE SKIP LOCKED
     LOOP
       claimed := claimed + 1;
+      -- running: until the batch commits (the jobs view) ...
+      PERFORM pg_advisory_xact_lock(1885824110, pgdispatch._lock_key(j.id));
+      -- ... and executing: while the command runs (the watchdog interrupts only these)
       PERFORM pg_advisory_lock(1885824112, pgdispatch._lock_key(j.id));
       t_job := clock_timestamp();
       res := NULL; affected := NULL; err := NULL;
@@ -199,6 +214,8 @@ BEGIN
       PERFORM pgdispatch._finish(o_ids, o_states, o_started, o_finished, o_results, o_affected, o_errors);
     END IF;
     COMMIT;
+    attempted := attempted + claimed;
+    EXIT WHEN attempted >= max_jobs;
 
     IF claimed > 0 THEN
       t_last_job := clock_timestamp();
@@ -503,6 +520,30 @@ ALTER POLICY own_requests ON pgdispatch.cancel_request
               AND EXISTS (SELECT 1 FROM pgdispatch.job q
                            WHERE q.id = job_id AND q.role = current_user));
 
+
+-- A job is running from its claim until its worker commits the outcome.
+CREATE OR REPLACE VIEW pgdispatch.jobs WITH (security_barrier) AS
+SELECT j.id, j.role, j.command, j.payload,
+       CASE WHEN l.pid IS NULL THEN 'queued' ELSE 'running' END AS state,
+       j.attempts, j.max_attempts, j.priority, j.job_key, j.timeout, j.capture,
+       j.created_at, j.run_at,
+       NULL::timestamptz AS started_at, NULL::timestamptz AS finished_at,
+       NULL::jsonb AS result, NULL::bigint AS rows_affected, j.last_error AS error,
+       l.pid AS worker_pid
+  FROM pgdispatch.job j
+  LEFT JOIN pg_locks l
+    ON l.locktype = 'advisory' AND l.classid = 1885824110::oid AND l.objsubid = 2
+   AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.objid::bigint = (j.id & 4294967295)
+ WHERE j.role = current_user OR (SELECT pgdispatch._is_admin())
+UNION ALL
+SELECT h.id, h.role, h.command, h.payload, h.state,
+       h.attempts, h.max_attempts, h.priority, h.job_key, h.timeout, h.capture,
+       h.created_at, h.run_at, h.started_at, h.finished_at,
+       h.result, h.rows_affected, h.error, NULL::integer
+  FROM pgdispatch.job_history h
+ WHERE h.role = current_user OR (SELECT pgdispatch._is_admin());
+
 -- Refresh the SECURITY DEFINER copies of pgdispatch.trigger() that this role owns (others
 -- keep working with the 0.1.0 body; their owners refresh them with
 -- SELECT pgdispatch.definer_trigger_function('<schema>')).
@@ -520,6 +561,7 @@ $refresh$;
 
 -- New functions: nobody by default, and every role that could dispatch before.
 REVOKE ALL ON FUNCTION pgdispatch.prune(integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE pgdispatch.work(integer, boolean, interval, integer) FROM PUBLIC;
 DO $grants$
 DECLARE
   r name;
@@ -531,6 +573,7 @@ BEGIN
               AND NOT rolsuper
               AND oid <> (SELECT nspowner FROM pg_namespace WHERE nspname = 'pgdispatch') LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch.prune(integer) TO %I', r);
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE pgdispatch.work(integer, boolean, interval, integer) TO %I', r);
   END LOOP;
 END
 $grants$;
