@@ -1,0 +1,1 @@
+"""Benchmarks of sa_pgdispatch (not tests): ``python -m bench`` (see docs/benchmarks.md)."""
