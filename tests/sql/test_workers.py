@@ -24,7 +24,7 @@ def test_no_job_shapes_the_next_one(db: Engine, schema: str) -> None:
         "PREPARE p AS SELECT 1",
         "LISTEN somewhere",
         record % "current_setting('work_mem') || '|' || current_setting('statement_timeout')",
-        record % "(SELECT string_agg(name, ',') FROM pg_prepared_statements)",
+        record % "(SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE name = 'p')",
         record % "coalesce(current_setting('search_path'), '')",
         record % "(SELECT count(*)::text FROM pg_listening_channels())",
         record % "(SELECT count(*)::text FROM pg_class WHERE relnamespace = pg_my_temp_schema())",
