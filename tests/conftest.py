@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import Engine, text
 
-pytest_plugins = ["pytester", "sa_pgdispatch.testing.fixtures"]
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture

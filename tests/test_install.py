@@ -57,13 +57,21 @@ def test_versions_and_scripts() -> None:
 def test_non_superuser_owner_installs_dispatches_and_uninstalls(owner: Engine) -> None:
     with owner.begin() as conn:
         assert installed_version(conn) is None
-        assert conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar() is False
+        assert (
+            conn.execute(
+                text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            ).scalar()
+            is False
+        )
         assert install(conn) == latest_version()
         assert install(conn) == latest_version()  # idempotent: a no-op
         assert installed_version(conn) == latest_version()
-        assert conn.execute(
-            text("SELECT count(*) FROM cron.job WHERE username = 'app_owner'")
-        ).scalar() == 2  # one worker and the watchdog
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM cron.job WHERE username = 'app_owner'")
+            ).scalar()
+            == 2
+        )  # one worker and the watchdog
         conn.execute(text("CREATE TABLE t (v text)"))
         conn.execute(text("SELECT pgdispatch.fire('INSERT INTO t VALUES (''ok'')')"))
     with owner.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -79,8 +87,10 @@ def test_uninstall_refuses_with_queued_jobs_and_cleans_up_when_forced(owner: Eng
         conn.execute(text("CREATE TABLE t (id int)"))
         conn.execute(text("SELECT pgdispatch.definer_trigger_function('public')"))
         conn.execute(
-            text("CREATE TRIGGER d AFTER INSERT ON t FOR EACH ROW "
-                 "EXECUTE FUNCTION pgdispatch.trigger('public.nothing')")
+            text(
+                "CREATE TRIGGER d AFTER INSERT ON t FOR EACH ROW "
+                "EXECUTE FUNCTION pgdispatch.trigger('public.nothing')"
+            )
         )
     with pytest.raises(InstallError, match="unfinished job"), owner.begin() as conn:
         uninstall(conn)
@@ -88,8 +98,13 @@ def test_uninstall_refuses_with_queued_jobs_and_cleans_up_when_forced(owner: Eng
         assert uninstall(conn, force=True) is True
         assert installed_version(conn) is None
         assert conn.execute(text("SELECT count(*) FROM cron.job")).scalar() == 0
-        assert conn.execute(text("SELECT to_regproc('public.pgdispatch_definer_trigger')")).scalar() is None
-        assert conn.execute(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'd'")).scalar() == 0
+        assert (
+            conn.execute(text("SELECT to_regproc('public.pgdispatch_definer_trigger')")).scalar()
+            is None
+        )
+        assert (
+            conn.execute(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'd'")).scalar() == 0
+        )
         assert uninstall(conn) is False  # nothing left to remove
         conn.execute(text("DROP TABLE t"))
 
@@ -99,10 +114,15 @@ def test_uninstall_refuses_while_dispatch_triggers_exist(owner: Engine) -> None:
         install(conn, workers=None)
         conn.execute(text("CREATE TABLE t2 (id int)"))
         conn.execute(
-            text("CREATE TRIGGER d AFTER INSERT ON t2 FOR EACH ROW "
-                 "EXECUTE FUNCTION pgdispatch.trigger('public.nothing')")
+            text(
+                "CREATE TRIGGER d AFTER INSERT ON t2 FOR EACH ROW "
+                "EXECUTE FUNCTION pgdispatch.trigger('public.nothing')"
+            )
         )
-    with pytest.raises(InstallError, match="dispatch triggers still use pgdispatch: d on t2"), owner.begin() as conn:
+    with (
+        pytest.raises(InstallError, match="dispatch triggers still use pgdispatch: d on t2"),
+        owner.begin() as conn,
+    ):
         uninstall(conn)
     with owner.begin() as conn:
         conn.execute(text("DROP TABLE t2"))
@@ -111,7 +131,10 @@ def test_uninstall_refuses_while_dispatch_triggers_exist(owner: Engine) -> None:
 def test_install_without_pg_cron_says_how_to_enable_it(server: EphemeralPostgres) -> None:
     engine = create_engine(server.connect_url(user="app_owner", dbname="elsewhere"))
     try:
-        with pytest.raises(Exception, match="needs the pg_cron extension") as raised, engine.begin() as conn:
+        with (
+            pytest.raises(Exception, match="needs the pg_cron extension") as raised,
+            engine.begin() as conn,
+        ):
             install(conn)
         assert "shared_preload_libraries" in str(raised.value)
     finally:
@@ -131,7 +154,12 @@ def test_upgrade_keeps_queued_jobs(owner: Engine) -> None:
     with owner.begin() as conn:
         assert install(conn) == versions[-1]  # upgrades in place
         assert installed_version(conn) == versions[-1]
-        assert conn.execute(text("SELECT count(*) FROM pgdispatch.jobs WHERE state = 'queued'")).scalar() == 1
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM pgdispatch.jobs WHERE state = 'queued'")
+            ).scalar()
+            == 1
+        )
     with owner.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("CALL pgdispatch.work(drain => true)"))
         assert conn.execute(text("SELECT v FROM up")).scalar() == "survived"

@@ -11,6 +11,7 @@ committed), or a psycopg ``Connection`` (its current transaction; the caller com
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -24,8 +25,8 @@ import sqlalchemy as sa
 from ._resources import sql_dir
 
 __all__ = [
-    "InstallError",
     "Connectable",
+    "InstallError",
     "available_versions",
     "install",
     "install_sql",
@@ -89,7 +90,7 @@ def upgrade_path(from_version: str, to_version: str) -> list[str]:
     queue = deque([from_version])
     while queue:
         current = queue.popleft()
-        for (src, dst) in sorted(upgrades, key=lambda p: _key(p[1])):
+        for src, dst in sorted(upgrades, key=lambda p: _key(p[1])):
             if src == current and dst not in previous and dst != from_version:
                 previous[dst] = src
                 if dst == to_version:
@@ -114,7 +115,7 @@ def install_sql(version: str | None = None, *, workers: int | None = 1) -> str:
         raise InstallError(f"pgdispatch {target} cannot be installed from scratch")
     parts = [installs[base]]
     path = upgrade_path(base, target)
-    parts += [upgrades[(a, b)] for a, b in zip(path, path[1:], strict=False)]
+    parts += [upgrades[(a, b)] for a, b in itertools.pairwise(path)]
     if workers:
         parts.append(f"SELECT pgdispatch.start({int(workers)});\n")
     return "\n".join(parts)
@@ -124,7 +125,7 @@ def upgrade_sql(from_version: str, to_version: str | None = None) -> str:
     """The SQL that upgrades an installed ``from_version`` to ``to_version``."""
     _, upgrades = _scripts()
     path = upgrade_path(from_version, to_version or latest_version())
-    return "\n".join(upgrades[(a, b)] for a, b in zip(path, path[1:], strict=False))
+    return "\n".join(upgrades[(a, b)] for a, b in itertools.pairwise(path))
 
 
 def uninstall_sql(*, force: bool = False) -> str:
@@ -161,7 +162,9 @@ def _raw(conn: Connectable) -> Iterator[psycopg.Connection[Any]]:
     if isinstance(conn, psycopg.Connection):
         yield conn
         return
-    raise TypeError(f"expected a SQLAlchemy Connection/Engine or a psycopg Connection, got {conn!r}")
+    raise TypeError(
+        f"expected a SQLAlchemy Connection/Engine or a psycopg Connection, got {conn!r}"
+    )
 
 
 def _run(raw: psycopg.Connection[Any], script: str) -> None:
@@ -214,7 +217,8 @@ def install(conn: Connectable, *, version: str | None = None, workers: int | Non
             _run(raw, upgrade_sql(current, target))
         else:
             raise InstallError(
-                f"pgdispatch {current} is installed, newer than {target}: downgrades are not supported"
+                f"pgdispatch {current} is installed, newer than {target}: "
+                "downgrades are not supported"
             )
         return target
 

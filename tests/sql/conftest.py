@@ -35,11 +35,14 @@ def job(engine: Engine, job_id: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def db(pgdispatch_db: Engine, schema: str) -> Iterator[Engine]:
+def db(pgdispatch_db: Engine, schema: str) -> Engine:
     """The superuser's engine, pgdispatch installed, an empty queue, a fresh schema."""
     drain(pgdispatch_db)
-    run(pgdispatch_db, f'CREATE TABLE "{schema}".t (v text, at timestamptz DEFAULT clock_timestamp())')
-    yield pgdispatch_db
+    run(
+        pgdispatch_db,
+        f'CREATE TABLE "{schema}".t (v text, at timestamptz DEFAULT clock_timestamp())',
+    )
+    return pgdispatch_db
 
 
 @pytest.fixture

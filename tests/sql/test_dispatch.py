@@ -13,7 +13,9 @@ from .conftest import drain, job, rows, run
 
 def test_fire_runs_the_command_after_commit_in_its_own_transaction(db: Engine, schema: str) -> None:
     with db.begin() as conn:
-        conn.execute(text(f"SELECT pgdispatch.fire('INSERT INTO \"{schema}\".t(v) VALUES (''fired'')')"))
+        conn.execute(
+            text(f"SELECT pgdispatch.fire('INSERT INTO \"{schema}\".t(v) VALUES (''fired'')')")
+        )
         # not run inside the dispatching transaction
         assert conn.execute(text(f'SELECT count(*) FROM "{schema}".t')).scalar() == 0
     drain(db)
@@ -33,7 +35,9 @@ def test_dispatch_in_a_rolled_back_transaction_never_runs(db: Engine, schema: st
 
 def test_uncommitted_dispatch_is_invisible_to_workers(db: Engine, schema: str) -> None:
     with db.connect() as conn:
-        conn.execute(text(f"SELECT pgdispatch.fire('INSERT INTO \"{schema}\".t(v) VALUES (''late'')')"))
+        conn.execute(
+            text(f"SELECT pgdispatch.fire('INSERT INTO \"{schema}\".t(v) VALUES (''late'')')")
+        )
         drain(db)  # another session: the job is not committed yet
         assert run(db, f'SELECT count(*) FROM "{schema}".t') == 0
         conn.commit()
@@ -84,11 +88,11 @@ def test_bad_input_is_refused_at_dispatch(db: Engine, call: str, message: str) -
         "SELECT $$;$$ || ($1->>'a')",
         "SELECT $q$ it's ; $q$ || ($1->>'a') -- a ; comment",
         "SELECT E'\\';' || ($1->>'a') /* ; /* nested ; */ */",
-        'SELECT 1 AS ";" WHERE ($1->>\'a\') IS NOT NULL',
+        "SELECT 1 AS \";\" WHERE ($1->>'a') IS NOT NULL",
     ],
 )
 def test_single_statements_with_semicolons_inside_are_accepted(db: Engine, command: str) -> None:
-    job_id = run(db, "SELECT pgdispatch.dispatch(:c, payload => '{\"a\": \"x\"}')", c=command)
+    job_id = run(db, 'SELECT pgdispatch.dispatch(:c, payload => \'{"a": "x"}\')', c=command)
     drain(db)
     assert job(db, job_id)["state"] == "succeeded", job(db, job_id)["error"]
 
@@ -107,7 +111,7 @@ def test_a_failing_job_is_recorded_and_does_not_block_the_queue(db: Engine, sche
     assert error["sqlstate"] == "22012"
     assert error["message"] == "division by zero"
     assert job(db, ids[2])["error"]["sqlstate"] == "42601"
-    assert run(db, f'SELECT string_agg(v, \',\' ORDER BY v) FROM "{schema}".t') == "a,b"
+    assert run(db, f"SELECT string_agg(v, ',' ORDER BY v) FROM \"{schema}\".t") == "a,b"
 
 
 def test_multi_statement_commands_run_like_pg_dispatch(db: Engine, schema: str) -> None:
@@ -117,10 +121,15 @@ def test_multi_statement_commands_run_like_pg_dispatch(db: Engine, schema: str) 
 
 
 def test_capture_keeps_rows_and_counts(db: Engine, schema: str) -> None:
-    select_id = run(db, "SELECT pgdispatch.dispatch('SELECT 1 AS a, ''x'' AS b UNION ALL SELECT 2, NULL', capture => true)")
+    select_id = run(
+        db,
+        "SELECT pgdispatch.dispatch('SELECT 1 AS a, ''x'' AS b UNION ALL SELECT 2, NULL', "
+        "capture => true)",
+    )
     returning_id = run(
         db,
-        f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''r'') RETURNING v', capture => true)",
+        f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''r'') RETURNING v', "
+        "capture => true)",
     )
     plain_dml_id = run(
         db, f"SELECT pgdispatch.dispatch('UPDATE \"{schema}\".t SET v = v', capture => true)"
@@ -165,7 +174,9 @@ def test_exec_delay_is_in_seconds(db: Engine) -> None:
 
 def test_snooze_has_sub_second_precision(db: Engine, schema: str) -> None:
     job_id = run(
-        db, f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''s'')', delay => '300 ms')"
+        db,
+        f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''s'')', "
+        "delay => '300 ms')",
     )
     drain(db)
     assert job(db, job_id)["state"] == "queued"

@@ -22,7 +22,10 @@ def app(db: Engine, schema: str) -> Engine:
 
 
 def seen(db: Engine, schema: str) -> list[dict[str, object]]:
-    return [dict(r) for r in rows(db, f'SELECT payload, by_role FROM "{schema}".seen ORDER BY payload::text')]
+    return [
+        dict(r)
+        for r in rows(db, f'SELECT payload, by_role FROM "{schema}".seen ORDER BY payload::text')
+    ]
 
 
 def test_row_trigger_dispatches_new_and_old_rows(app: Engine, schema: str) -> None:
@@ -45,11 +48,12 @@ def test_statement_trigger_dispatches_one_job_with_all_rows(app: Engine, schema:
         app,
         f"""CREATE TRIGGER d AFTER INSERT ON "{schema}".profiles
             REFERENCING NEW TABLE AS pgdispatch_new
-            FOR EACH STATEMENT EXECUTE FUNCTION pgdispatch.trigger('{schema}.side', 'priority=3')""",
+            FOR EACH STATEMENT
+            EXECUTE FUNCTION pgdispatch.trigger('{schema}.side', 'priority=3')""",
     )
     before = run(app, "SELECT count(*) FROM pgdispatch.jobs")
     run(app, f"INSERT INTO \"{schema}\".profiles SELECT g, 'n' || g FROM generate_series(1, 100) g")
-    run(app, f"INSERT INTO \"{schema}\".profiles SELECT g FROM generate_series(1, 0) g")  # no row
+    run(app, f'INSERT INTO "{schema}".profiles SELECT g FROM generate_series(1, 0) g')  # no row
     assert run(app, "SELECT count(*) FROM pgdispatch.jobs") == before + 1
     drain(app)
     (only,) = seen(app, schema)
@@ -123,7 +127,10 @@ def test_before_trigger_is_refused(app: Engine, schema: str) -> None:
 
 
 def test_definer_trigger_runs_the_job_as_the_function_owner(
-    app: Engine, schema: str, pgdispatch_server, pgdispatch_role  # type: ignore[no-untyped-def]
+    app: Engine,
+    schema: str,
+    pgdispatch_server,
+    pgdispatch_role,  # type: ignore[no-untyped-def]
 ) -> None:
     owner = pgdispatch_role("owner")
     writer = pgdispatch_role("writer")
@@ -144,9 +151,7 @@ def test_definer_trigger_runs_the_job_as_the_function_owner(
         run(owner_db, f'GRANT USAGE ON SCHEMA "{schema}" TO "{writer}"')
         run(owner_db, f'GRANT INSERT ON "{schema}".profiles TO "{writer}"')
         # the writer may not use the definer function in triggers of its own
-        assert run(
-            app, "SELECT has_function_privilege(:r, :f, 'EXECUTE')", r=writer, f=fn
-        ) is False
+        assert run(app, "SELECT has_function_privilege(:r, :f, 'EXECUTE')", r=writer, f=fn) is False
         run(writer_db, f"INSERT INTO \"{schema}\".profiles VALUES (1, 'by writer')")
         drain(owner_db)
         (only,) = seen(app, schema)

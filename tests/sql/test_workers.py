@@ -15,7 +15,7 @@ from .conftest import drain, job, role_engine, rows, run
 
 
 def test_no_job_shapes_the_next_one(db: Engine, schema: str) -> None:
-    record = f"INSERT INTO \"{schema}\".t(v) SELECT %s"
+    record = f'INSERT INTO "{schema}".t(v) SELECT %s'
     commands = [
         "SET work_mem = '77MB'",
         "SELECT set_config('statement_timeout', '1234', false)",
@@ -73,7 +73,9 @@ def test_timeout_interrupts_a_running_job_and_the_worker_goes_on(
     db: Engine, schema: str, watchdog: None
 ) -> None:
     slow = run(db, "SELECT pgdispatch.dispatch('SELECT pg_sleep(60)', timeout => '1 second')")
-    after = run(db, f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''after'')')")
+    after = run(
+        db, f"SELECT pgdispatch.dispatch('INSERT INTO \"{schema}\".t(v) VALUES (''after'')')"
+    )
     started = time.monotonic()
     drain(db)
     elapsed = time.monotonic() - started
@@ -112,19 +114,31 @@ def cron_jobs(db: Engine, role: str) -> list[dict[str, Any]]:
 
 
 def test_first_dispatch_starts_workers_and_stop_keeps_them_stopped(
-    db: Engine, pgdispatch_server, pgdispatch_role  # type: ignore[no-untyped-def]
+    db: Engine,
+    pgdispatch_server,
+    pgdispatch_role,  # type: ignore[no-untyped-def]
 ) -> None:
     bob = pgdispatch_role("bob")
     bob_db = role_engine(pgdispatch_server, bob)
     try:
         assert cron_jobs(db, bob) == []
         run(bob_db, "SELECT pgdispatch.fire('SELECT 1')")
-        schedule = "* * * * *" if run(db, "SELECT NOT (pgdispatch.cron_info()).second_schedules") else "10 seconds"
+        schedule = (
+            "* * * * *"
+            if run(db, "SELECT NOT (pgdispatch.cron_info()).second_schedules")
+            else "10 seconds"
+        )
         assert cron_jobs(db, bob) == [
-            {"jobname": f"pgdispatch:{bob}:1", "schedule": schedule,
-             "command": "CALL pgdispatch.work(slot => 1)"},
-            {"jobname": f"pgdispatch:{bob}:watchdog", "schedule": schedule,
-             "command": "CALL pgdispatch.watchdog()"},
+            {
+                "jobname": f"pgdispatch:{bob}:1",
+                "schedule": schedule,
+                "command": "CALL pgdispatch.work(slot => 1)",
+            },
+            {
+                "jobname": f"pgdispatch:{bob}:watchdog",
+                "schedule": schedule,
+                "command": "CALL pgdispatch.watchdog()",
+            },
         ]
         run(bob_db, "SELECT pgdispatch.start(3)")
         assert [j["jobname"] for j in cron_jobs(db, bob)] == [
@@ -153,7 +167,9 @@ def test_nologin_roles_get_a_clear_error_at_dispatch(db: Engine, pgdispatch_role
 
 
 def test_roles_see_and_cancel_only_their_own_jobs(
-    db: Engine, pgdispatch_server, pgdispatch_role  # type: ignore[no-untyped-def]
+    db: Engine,
+    pgdispatch_server,
+    pgdispatch_role,  # type: ignore[no-untyped-def]
 ) -> None:
     alice, mallory = pgdispatch_role("alice"), pgdispatch_role("mallory")
     alice_db, mallory_db = (role_engine(pgdispatch_server, r) for r in (alice, mallory))
@@ -161,9 +177,12 @@ def test_roles_see_and_cancel_only_their_own_jobs(
         run(alice_db, "SELECT pgdispatch.stop()")
         secret = run(
             alice_db,
-            "SELECT pgdispatch.dispatch('SELECT $1', payload => '{\"secret\": 1}', delay => '1 hour')",
+            "SELECT pgdispatch.dispatch('SELECT $1', payload => '{\"secret\": 1}', "
+            "delay => '1 hour')",
         )
-        assert run(mallory_db, "SELECT count(*) FROM pgdispatch.jobs WHERE id = :id", id=secret) == 0
+        assert (
+            run(mallory_db, "SELECT count(*) FROM pgdispatch.jobs WHERE id = :id", id=secret) == 0
+        )
         assert run(mallory_db, "SELECT count(*) FROM pgdispatch.job") == 0
         with pytest.raises(exc.DBAPIError, match="does not exist or belongs to another role"):
             run(mallory_db, "SELECT pgdispatch.cancel(:id)", id=secret)

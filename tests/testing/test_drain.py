@@ -14,12 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sa_pgdispatch import jobs
 from sa_pgdispatch.errors import DrainError, NotInstalled
 from sa_pgdispatch.jobs import JobState
-from sa_pgdispatch.testing import drain as drain_module
-from sa_pgdispatch.testing.drain import Drainer, drain, drain_async
+from sa_pgdispatch.testing.drain import _HAS_MAX_JOBS, Drainer, drain, drain_async
 from sa_pgdispatch.testing.server import PgServer
-
-# What a user gets once the fixture is in the plugin: here it is taken from its module.
-pgdispatch_drain = drain_module.pgdispatch_drain
 
 
 @pytest.fixture
@@ -156,7 +152,7 @@ def test_max_jobs(engine: Engine) -> None:
     for i in range(3):
         dispatch(engine, f"INSERT INTO sink VALUES ({i})")
     with engine.connect() as conn:
-        supported = conn.execute(text(drain_module._HAS_MAX_JOBS)).scalar_one()
+        supported = conn.execute(text(_HAS_MAX_JOBS)).scalar_one()
     if supported:
         assert drain(engine, max_jobs=2) == 2
         assert drain(engine) == 1

@@ -6,12 +6,7 @@ import pytest
 
 from sa_pgdispatch.testing import ENV_TEST_BACKEND, ENV_TEST_DSN, PgServer
 
-CONFTEST = '''
-# Until the lead registers them in the plugin (pytest11), a project lists them here.
-pytest_plugins = ["sa_pgdispatch.testing.fixtures", "sa_pgdispatch.testing.drain"]
-'''
-
-USER_TESTS = '''
+USER_TESTS = """
 import uuid
 
 import pytest
@@ -70,7 +65,7 @@ def test_nothing_runs_without_drain(pgdispatch_db, table):
     # the superuser's pg_cron workers are stopped by pgdispatch_db: still queued
     assert jobs.get(pgdispatch_db, job_id).state is JobState.QUEUED
     assert jobs.cancel(pgdispatch_db, job_id) is True
-'''
+"""
 
 
 def test_a_user_project_uses_the_plugin_and_drain(
@@ -79,7 +74,6 @@ def test_a_user_project_uses_the_plugin_and_drain(
     # Reuse the session's server through the dsn backend: no second cluster.
     monkeypatch.setenv(ENV_TEST_DSN, pgdispatch_server.dsn)
     monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
-    pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_user_app=USER_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
     result.assert_outcomes(passed=4)

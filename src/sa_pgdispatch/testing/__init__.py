@@ -21,6 +21,7 @@ from sa_pgdispatch.testing.binaries import (
     pg_major,
     require_pg_cron,
 )
+from sa_pgdispatch.testing.drain import Drainer, drain, drain_async
 from sa_pgdispatch.testing.errors import (
     BackendUnavailable,
     HarnessError,
@@ -52,6 +53,7 @@ __all__ = [
     "HARNESS_USER",
     "TEMP_PREFIX",
     "BackendUnavailable",
+    "Drainer",
     "EphemeralPostgres",
     "ExistingServer",
     "HarnessError",
@@ -59,6 +61,8 @@ __all__ = [
     "PgServer",
     "PostgresNotFound",
     "StopMode",
+    "drain",
+    "drain_async",
     "find_postgres_bin",
     "pg_cron_control_file",
     "pg_major",

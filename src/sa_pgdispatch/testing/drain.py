@@ -197,17 +197,3 @@ class Drainer:
         self.last = drain(self.default if target is None else target, max_jobs=max_jobs)
         self.total += self.last
         return self.last
-
-
-try:  # the fixture exists where pytest does; drain() itself needs no pytest
-    import pytest
-except ImportError:  # pragma: no cover
-    pass
-else:
-
-    @pytest.fixture
-    def pgdispatch_drain(pgdispatch_db: sa.Engine) -> Drainer:
-        """Run due jobs now: ``pgdispatch_drain()`` returns how many finished."""
-        return Drainer(pgdispatch_db)
-
-    __all__ += ["pgdispatch_drain"]

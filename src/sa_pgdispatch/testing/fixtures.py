@@ -3,8 +3,9 @@
 ``pgdispatch_db`` installs pgdispatch once per session on ``pgdispatch_server`` and
 stops the superuser's background workers, so tests run jobs deterministically with
 ``CALL pgdispatch.work(drain => true)`` (or :func:`sa_pgdispatch.testing.drain`).
-``pgdispatch_role`` makes login roles allowed to dispatch, for tests that need a role
-of their own (pg_cron end-to-end tests, privilege tests).
+``pgdispatch_drain`` runs due jobs on demand. ``pgdispatch_role`` makes login roles
+allowed to dispatch, for tests that need a role of their own (pg_cron end-to-end
+tests, privilege tests).
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ..install import install
+from .drain import Drainer
 
-__all__ = ["pgdispatch_db", "pgdispatch_role"]
+__all__ = ["pgdispatch_db", "pgdispatch_drain", "pgdispatch_role"]
 
 
 @pytest.fixture(scope="session")
-def pgdispatch_db(pgdispatch_engine: Engine) -> Iterator[Engine]:
+def pgdispatch_db(pgdispatch_engine: Engine) -> Engine:
     """The session Engine, with pgdispatch installed and no background worker for it."""
     with pgdispatch_engine.begin() as conn:
         install(conn, workers=0)
         conn.execute(text("SELECT pgdispatch.stop()"))
-    yield pgdispatch_engine
+    return pgdispatch_engine
+
+
+@pytest.fixture
+def pgdispatch_drain(pgdispatch_db: Engine) -> Drainer:
+    """Run due jobs now, in this process: ``pgdispatch_drain()`` returns how many finished."""
+    return Drainer(pgdispatch_db)
 
 
 @pytest.fixture(scope="session")

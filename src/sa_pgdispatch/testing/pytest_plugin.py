@@ -25,6 +25,11 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine
 
 from sa_pgdispatch.testing.errors import BackendUnavailable, HarnessError
+from sa_pgdispatch.testing.fixtures import (  # re-exported: the plugin provides them
+    pgdispatch_db,
+    pgdispatch_drain,
+    pgdispatch_role,
+)
 from sa_pgdispatch.testing.provision import BACKENDS, provision_server, resolve_backend
 from sa_pgdispatch.testing.server import PgServer
 
@@ -98,3 +103,13 @@ def pgdispatch_psycopg(
         yield connection
     finally:
         connection.close()
+
+__all__ = [
+    "pgdispatch_connection",
+    "pgdispatch_db",
+    "pgdispatch_drain",
+    "pgdispatch_engine",
+    "pgdispatch_psycopg",
+    "pgdispatch_role",
+    "pgdispatch_server",
+]
