@@ -4,6 +4,10 @@
 --   every settings.prune_interval, a new setting, instead of a fixed 10 s).
 -- * pgdispatch.trigger(): the row-level hot path inserts the job itself instead of
 --   calling pgdispatch.dispatch() (one PL/pgSQL call less per dispatched row).
+-- * The watchdog sleeps a second at a time while none of its role's jobs runs.
+-- * Idle workers no longer scan the queue on every poll: they watch the job id sequence
+--   and claim only after a dispatch (for settings.claim_window), when a delayed job
+--   falls due, or once a second; a batch that was not full is followed by a sleep.
 -- * work(drain => true) in a caller's session keeps the caller's prepared statements;
 --   work(max_jobs => N) stops after N job attempts.
 -- * The jobs view shows a job running until its worker commits the outcome (a
@@ -13,7 +17,9 @@
 -- Queued jobs are kept; running workers pick the new code up at their next run.
 
 ALTER TABLE pgdispatch.settings
-  ADD COLUMN prune_interval interval NOT NULL DEFAULT '10 seconds' CHECK (prune_interval > '0');
+  ADD COLUMN prune_interval interval NOT NULL DEFAULT '10 seconds' CHECK (prune_interval > '0'),
+  ADD COLUMN claim_window interval NOT NULL DEFAULT '100 milliseconds'
+    CHECK (claim_window >= '0');
 
 -- Delete up to max_rows (default settings.prune_batch) of the calling role's finished jobs
 -- older than settings.retention, and cancellation requests of jobs no longer queued.
@@ -72,6 +78,15 @@ DECLARE
   keep_prepared text[];
   stmt text;
   attempted integer := 0;
+  batch_limit integer;
+  -- idle detection without scanning the queue: the job id sequence moves on every
+  -- dispatch (of any role), non-transactionally and at once
+  must_claim boolean := true;
+  seen_seq bigint;
+  cur_seq bigint;
+  t_seq_change timestamptz := clock_timestamp();
+  t_full timestamptz := clock_timestamp();
+  next_due timestamptz;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -109,9 +124,12 @@ BEGIN
   hard_deadline := deadline + cfg.worker_runtime;
   COMMIT;
 
+  seen_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
   LOOP
+   IF must_claim THEN
     -- one batch: claim, run, record, commit
     claimed := 0;
+    batch_limit := least(cfg.batch_size, max_jobs - attempted);
     o_ids := '{}'; o_states := '{}'; o_started := '{}'; o_finished := '{}';
     o_results := '{}'; o_affected := '{}'; o_errors := '{}';
     t_batch := clock_timestamp();
@@ -119,7 +137,7 @@ BEGIN
       SELECT * FROM pgdispatch.job q
        WHERE q.role = me AND q.run_at <= clock_timestamp()
        ORDER BY q.priority DESC, q.run_at, q.id
-       LIMIT least(cfg.batch_size, max_jobs - attempted)
+       LIMIT batch_limit
          FOR UPDATE SKIP LOCKED
     LOOP
       claimed := claimed + 1;
@@ -210,21 +228,26 @@ BEGIN
       END IF;
       EXIT WHEN clock_timestamp() - t_batch > cfg.batch_time;
     END LOOP;
-    IF cardinality(o_ids) > 0 THEN
-      PERFORM pgdispatch._finish(o_ids, o_states, o_started, o_finished, o_results, o_affected, o_errors);
-    END IF;
-    COMMIT;
-    attempted := attempted + claimed;
-    EXIT WHEN attempted >= max_jobs;
-
     IF claimed > 0 THEN
+      IF cardinality(o_ids) > 0 THEN
+        PERFORM pgdispatch._finish(o_ids, o_states, o_started, o_finished, o_results, o_affected, o_errors);
+      END IF;
+      COMMIT;
+      attempted := attempted + claimed;
+      EXIT WHEN attempted >= max_jobs;
       t_last_job := clock_timestamp();
       IF clock_timestamp() > hard_deadline THEN EXIT; END IF;
-      CONTINUE;
+      -- a full batch: more may be waiting; a partial one: the queue is (nearly) empty
+      CONTINUE WHEN claimed >= batch_limit OR drain;
+    ELSE
+      t_full := clock_timestamp();
+      -- nothing due now: when is the next delayed (or retried) job due?
+      SELECT min(q.run_at) INTO next_due FROM pgdispatch.job q WHERE q.role = me;
     END IF;
+   END IF;
 
     -- idle
-    EXIT WHEN drain OR clock_timestamp() >= deadline;
+    EXIT WHEN (drain AND claimed = 0) OR clock_timestamp() >= deadline;
     IF clock_timestamp() - t_settings > interval '1 second' THEN
       t_settings := clock_timestamp();
       SELECT * INTO cfg FROM pgdispatch.settings;
@@ -236,19 +259,30 @@ BEGIN
       IF slot = 1 AND clock_timestamp() - t_prune > cfg.prune_interval THEN
         t_prune := clock_timestamp();
         PERFORM pgdispatch.prune(cfg.prune_batch);
-        COMMIT;
       END IF;
+      COMMIT;  -- an idle worker holds no transaction open for long
     END IF;
     -- adaptive poll: fast while jobs flow, backing off to poll_max when idle
-    IF clock_timestamp() - t_last_job < cfg.fast_poll_window THEN
+    IF clock_timestamp() - greatest(t_last_job, t_seq_change) < cfg.fast_poll_window THEN
       sleep_s := extract(epoch FROM cfg.poll_min);
     ELSE
       sleep_s := least(extract(epoch FROM cfg.poll_max),
                        extract(epoch FROM cfg.poll_min)
-                       * power(2, extract(epoch FROM clock_timestamp() - t_last_job
+                       * power(2, extract(epoch FROM clock_timestamp()
+                                                     - greatest(t_last_job, t_seq_change)
                                                      - cfg.fast_poll_window) * 10));
     END IF;
     PERFORM pg_sleep(sleep_s);
+    -- claim only when something may be due: a dispatch was seen lately (its transaction
+    -- may commit a little later), a delayed job falls due, or once a second regardless
+    cur_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
+    IF cur_seq IS DISTINCT FROM seen_seq THEN
+      seen_seq := cur_seq;
+      t_seq_change := clock_timestamp();
+    END IF;
+    must_claim := clock_timestamp() - t_seq_change < cfg.claim_window
+                  OR clock_timestamp() >= next_due
+                  OR clock_timestamp() - t_full >= interval '1 second';
   END LOOP;
   IF slot > 0 THEN
     PERFORM pg_advisory_unlock(1885824113 + slot, pgdispatch._role_key());
@@ -366,6 +400,7 @@ DECLARE
   r record;
   enabled boolean;
   t_settings timestamptz := clock_timestamp();
+  busy boolean;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.watchdog() must run as the session''s login role'
@@ -386,6 +421,7 @@ BEGIN
   COMMIT;
   WHILE clock_timestamp() < deadline LOOP
     now_s := extract(epoch FROM clock_timestamp());
+    busy := false;
     FOR r IN
       SELECT q.id, q.timeout, l.pid,
              EXISTS (SELECT 1 FROM pgdispatch.cancel_request c
@@ -396,6 +432,7 @@ BEGIN
        WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid AND l.objsubid = 2
          AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     LOOP
+      busy := true;
       IF NOT seen ? r.id::text THEN
         seen := seen || jsonb_build_object(r.id::text, now_s);
       END IF;
@@ -426,7 +463,10 @@ BEGIN
         EXIT WHEN enabled IS DISTINCT FROM true;
       END IF;
     END IF;
-    PERFORM pg_sleep(extract(epoch FROM cfg.watchdog_poll));
+    -- every watchdog_poll while the role's jobs run, every second otherwise (a job's
+    -- timeout then counts from when the watchdog first saw it run)
+    PERFORM pg_sleep(CASE WHEN busy THEN extract(epoch FROM cfg.watchdog_poll)
+                          ELSE greatest(1, extract(epoch FROM cfg.watchdog_poll)) END);
   END LOOP;
   PERFORM pg_advisory_unlock(1885824113, pgdispatch._role_key());
 END
