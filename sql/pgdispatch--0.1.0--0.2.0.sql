@@ -401,6 +401,7 @@ DECLARE
   enabled boolean;
   t_settings timestamptz := clock_timestamp();
   busy boolean;
+  wake timestamptz;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.watchdog() must run as the session''s login role'
@@ -464,9 +465,15 @@ BEGIN
       END IF;
     END IF;
     -- every watchdog_poll while the role's jobs run, every second otherwise (a job's
-    -- timeout then counts from when the watchdog first saw it run)
-    PERFORM pg_sleep(CASE WHEN busy THEN extract(epoch FROM cfg.watchdog_poll)
-                          ELSE greatest(1, extract(epoch FROM cfg.watchdog_poll)) END);
+    -- timeout then counts from when the watchdog first saw it run). A sleeping PL/pgSQL
+    -- statement holds a snapshot, and with it the xmin horizon: sleep in pieces of at
+    -- most 100 ms so that dead queue rows can be pruned while the watchdog waits.
+    wake := clock_timestamp()
+            + CASE WHEN busy THEN cfg.watchdog_poll
+                   ELSE greatest(interval '1 second', cfg.watchdog_poll) END;
+    WHILE clock_timestamp() < wake LOOP
+      PERFORM pg_sleep(least(0.1, extract(epoch FROM wake - clock_timestamp())));
+    END LOOP;
   END LOOP;
   PERFORM pg_advisory_unlock(1885824113, pgdispatch._role_key());
 END
