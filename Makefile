@@ -5,11 +5,12 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: help bootstrap test lint format typecheck demo clean
+.PHONY: help bootstrap test lint format typecheck demo bench clean
 
 help:
 	@echo "make test     bootstrap, lint (ruff), type-check (mypy), run the tests (ARGS=... for pytest)"
 	@echo "make demo     bootstrap and run the demo (sa-pgdispatch demo)"
+	@echo "make bench    bootstrap and run the benchmarks (ARGS=--quick for a smoke run; docs/benchmarks.md)"
 	@echo "make lint     ruff + mypy only"
 	@echo "make format   ruff format + import sorting"
 	@echo "make clean    remove build and tool caches (keeps .venv)"
@@ -33,6 +34,9 @@ test: lint
 
 demo: bootstrap
 	.venv/bin/sa-pgdispatch demo
+
+bench: bootstrap
+	$(PY) -m pip install -q -e '.[bench]' && $(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

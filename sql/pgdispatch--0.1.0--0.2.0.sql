@@ -4,7 +4,9 @@
 --   every settings.prune_interval, a new setting, instead of a fixed 10 s).
 -- * pgdispatch.trigger(): the row-level hot path inserts the job itself instead of
 --   calling pgdispatch.dispatch() (one PL/pgSQL call less per dispatched row).
--- * The watchdog sleeps a second at a time while none of its role's jobs runs.
+-- * The watchdog sleeps a second at a time while none of its role's jobs runs, and looks
+--   running jobs up by id (it scanned the role's whole queue on every poll).
+-- * Watchdog poll: look running jobs up by id, not by a scan of the role's queue.
 -- * Idle workers no longer scan the queue on every poll: they watch the job id sequence
 --   and claim only after a dispatch (for settings.claim_window), when a delayed job
 --   falls due, or once a second; a batch that was not full is followed by a sleep.
@@ -429,7 +431,13 @@ BEGIN
                       WHERE c.job_id = q.id AND c.role = me) AS cancel
         FROM pg_locks l
         JOIN pg_stat_activity a ON a.pid = l.pid AND a.usename = me
-        JOIN pgdispatch.job q ON (q.id & 4294967295) = l.objid::bigint AND q.role = me
+        -- the lock holds the id's low 32 bits: look the job up by id (an index probe per
+        -- high word the sequence has reached), never by scanning the role's queue
+        JOIN pgdispatch.job q
+          ON q.id = ANY (ARRAY(SELECT (h << 32) | l.objid::bigint
+                                 FROM generate_series(0, coalesce(pg_sequence_last_value(
+                                        'pgdispatch.job_id_seq'::regclass), 0) >> 32) h))
+         AND q.role = me
        WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid AND l.objsubid = 2
          AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     LOOP
