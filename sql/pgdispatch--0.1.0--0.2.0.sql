@@ -21,7 +21,11 @@
 ALTER TABLE pgdispatch.settings
   ADD COLUMN prune_interval interval NOT NULL DEFAULT '10 seconds' CHECK (prune_interval > '0'),
   ADD COLUMN claim_window interval NOT NULL DEFAULT '100 milliseconds'
-    CHECK (claim_window >= '0');
+    CHECK (claim_window >= '0'),
+  ADD COLUMN batch_wait interval NOT NULL DEFAULT '1 millisecond'
+    CHECK (batch_wait >= '0' AND batch_wait <= '1 second'),
+  ADD COLUMN worker_synchronous_commit text NOT NULL DEFAULT 'off'
+    CHECK (worker_synchronous_commit IN ('on', 'off', 'local', 'remote_write', 'remote_apply'));
 
 -- Delete up to max_rows (default settings.prune_batch) of the calling role's finished jobs
 -- older than settings.retention, and cancellation requests of jobs no longer queued.
@@ -60,6 +64,7 @@ DECLARE
   me name := session_user;
   cfg pgdispatch.settings;
   j pgdispatch.job;
+  k integer;                      -- advisory lock key of the current job
   t_start timestamptz := clock_timestamp();
   deadline timestamptz;
   hard_deadline timestamptz;
@@ -69,7 +74,7 @@ DECLARE
   t_settings timestamptz := clock_timestamp();
   t_prune timestamptz := clock_timestamp();
   sleep_s double precision;
-  claimed integer;
+  claimed integer := 0;
   -- outcomes of the current batch
   o_ids bigint[]; o_states text[]; o_started timestamptz[]; o_finished timestamptz[];
   o_results jsonb[]; o_affected bigint[]; o_errors jsonb[];
@@ -87,7 +92,7 @@ DECLARE
   seen_seq bigint;
   cur_seq bigint;
   t_seq_change timestamptz := clock_timestamp();
-  t_full timestamptz := clock_timestamp();
+  t_empty timestamptz := clock_timestamp();
   next_due timestamptz;
 BEGIN
   IF me <> current_user THEN
@@ -111,6 +116,11 @@ BEGIN
   SELECT * INTO cfg FROM pgdispatch.settings;
   IF slot = 0 THEN
     keep_prepared := ARRAY(SELECT ps.name FROM pg_prepared_statements ps);
+  ELSE
+    -- a worker session commits its batches as settings.worker_synchronous_commit says
+    -- (default off: see docs/sql-api.md#settings); draining in a caller's session keeps
+    -- the caller's setting
+    PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
   END IF;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
@@ -143,10 +153,11 @@ BEGIN
          FOR UPDATE SKIP LOCKED
     LOOP
       claimed := claimed + 1;
+      k := pgdispatch._lock_key(j.id);
       -- running: until the batch commits (the jobs view) ...
-      PERFORM pg_advisory_xact_lock(1885824110, pgdispatch._lock_key(j.id));
+      PERFORM pg_advisory_xact_lock(1885824110, k);
       -- ... and executing: while the command runs (the watchdog interrupts only these)
-      PERFORM pg_advisory_lock(1885824112, pgdispatch._lock_key(j.id));
+      PERFORM pg_advisory_lock(1885824112, k);
       t_job := clock_timestamp();
       res := NULL; affected := NULL; err := NULL;
       BEGIN
@@ -191,7 +202,7 @@ BEGIN
                  'hint', nullif(e_hint, ''), 'context', nullif(e_context, ''),
                  'attempt', j.attempts + 1));
       END;
-      PERFORM pg_advisory_unlock(1885824112, pgdispatch._lock_key(j.id));
+      PERFORM pg_advisory_unlock(1885824112, k);
 
       -- a fresh session for the next job: settings, role, temp objects, prepared statements
       IF current_user <> me THEN SET ROLE NONE; END IF;
@@ -207,6 +218,7 @@ BEGIN
         END LOOP;
       ELSE
         DEALLOCATE ALL;
+        PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
       END IF;
       UNLISTEN *;
 
@@ -232,7 +244,27 @@ BEGIN
     END LOOP;
     IF claimed > 0 THEN
       IF cardinality(o_ids) > 0 THEN
-        PERFORM pgdispatch._finish(o_ids, o_states, o_started, o_finished, o_results, o_affected, o_errors);
+        -- the outcomes: finished jobs leave the queue for the history, in one statement
+        -- whose plan is cached for the whole run
+        WITH o AS (
+          SELECT * FROM unnest(o_ids, o_states, o_started, o_finished, o_results, o_affected,
+                               o_errors)
+                   AS o(id, state, started_at, finished_at, result, rows_affected, error)
+        ), d AS (
+          DELETE FROM pgdispatch.job dj USING o WHERE dj.id = o.id
+          RETURNING dj.*, o.state AS o_state, o.started_at AS o_started,
+                    o.finished_at AS o_finished, o.result AS o_result,
+                    o.rows_affected AS o_affected, o.error AS o_error
+        )
+        INSERT INTO pgdispatch.job_history AS h
+               (id, role, command, payload, state, priority, attempts, max_attempts, timeout,
+                capture, job_key, created_at, run_at, started_at, finished_at, result,
+                rows_affected, error)
+        SELECT d.id, d.role, d.command, d.payload, d.o_state, d.priority, d.attempts + 1,
+               d.max_attempts, d.timeout, d.capture, d.job_key, d.created_at, d.run_at,
+               d.o_started, d.o_finished, d.o_result, d.o_affected, d.o_error
+          FROM d;
+        DELETE FROM pgdispatch.cancel_request c WHERE c.job_id = ANY (o_ids);
       END IF;
       COMMIT;
       attempted := attempted + claimed;
@@ -242,7 +274,7 @@ BEGIN
       -- a full batch: more may be waiting; a partial one: the queue is (nearly) empty
       CONTINUE WHEN claimed >= batch_limit OR drain;
     ELSE
-      t_full := clock_timestamp();
+      t_empty := clock_timestamp();
       -- nothing due now: when is the next delayed (or retried) job due?
       SELECT min(q.run_at) INTO next_due FROM pgdispatch.job q WHERE q.role = me;
     END IF;
@@ -262,10 +294,18 @@ BEGIN
         t_prune := clock_timestamp();
         PERFORM pgdispatch.prune(cfg.prune_batch);
       END IF;
-      COMMIT;  -- an idle worker holds no transaction open for long
     END IF;
-    -- adaptive poll: fast while jobs flow, backing off to poll_max when idle
-    IF clock_timestamp() - greatest(t_last_job, t_seq_change) < cfg.fast_poll_window THEN
+    -- End the transaction before sleeping. Inside a procedure the first statement after
+    -- a COMMIT pins a snapshot until the next COMMIT: a worker that slept through
+    -- several polls in one transaction held the xmin horizon back, and with it the
+    -- removal of the queue rows (and index entries) that other roles' workers delete.
+    COMMIT;
+    IF claimed > 0 THEN
+      -- a batch that was not full: jobs are flowing; wait a little so that the next
+      -- batch takes several (fewer claims and commits per job under a steady stream)
+      sleep_s := extract(epoch FROM cfg.batch_wait);
+    ELSIF clock_timestamp() - greatest(t_last_job, t_seq_change) < cfg.fast_poll_window THEN
+      -- adaptive poll: fast while jobs flow, backing off to poll_max when idle
       sleep_s := extract(epoch FROM cfg.poll_min);
     ELSE
       sleep_s := least(extract(epoch FROM cfg.poll_max),
@@ -282,15 +322,20 @@ BEGIN
       seen_seq := cur_seq;
       t_seq_change := clock_timestamp();
     END IF;
-    must_claim := clock_timestamp() - t_seq_change < cfg.claim_window
+    must_claim := claimed > 0
+                  OR clock_timestamp() - t_seq_change < cfg.claim_window
                   OR clock_timestamp() >= next_due
-                  OR clock_timestamp() - t_full >= interval '1 second';
+                  OR clock_timestamp() - t_empty >= interval '1 second';
   END LOOP;
   IF slot > 0 THEN
     PERFORM pg_advisory_unlock(1885824113 + slot, pgdispatch._role_key());
   END IF;
 END
 $$;
+
+-- work() records outcomes itself (one statement with a cached plan).
+DROP FUNCTION pgdispatch._finish(bigint[], text[], timestamptz[], timestamptz[], jsonb[],
+                                 bigint[], jsonb[]);
 
 CREATE OR REPLACE FUNCTION pgdispatch.trigger() RETURNS trigger
 LANGUAGE plpgsql AS $body$
@@ -473,14 +518,16 @@ BEGIN
       END IF;
     END IF;
     -- every watchdog_poll while the role's jobs run, every second otherwise (a job's
-    -- timeout then counts from when the watchdog first saw it run). A sleeping PL/pgSQL
-    -- statement holds a snapshot, and with it the xmin horizon: sleep in pieces of at
-    -- most 100 ms so that dead queue rows can be pruned while the watchdog waits.
+    -- timeout then counts from when the watchdog first saw it run). Inside a procedure
+    -- the first statement after a COMMIT pins a snapshot, and with it the xmin horizon,
+    -- until the next COMMIT: sleep in pieces of at most 50 ms, each in a transaction of
+    -- its own, so that the queue rows other sessions delete can be removed meanwhile.
     wake := clock_timestamp()
             + CASE WHEN busy THEN cfg.watchdog_poll
                    ELSE greatest(interval '1 second', cfg.watchdog_poll) END;
     WHILE clock_timestamp() < wake LOOP
-      PERFORM pg_sleep(least(0.1, extract(epoch FROM wake - clock_timestamp())));
+      COMMIT;
+      PERFORM pg_sleep(least(0.05, extract(epoch FROM wake - clock_timestamp())));
     END LOOP;
   END LOOP;
   PERFORM pg_advisory_unlock(1885824113, pgdispatch._role_key());

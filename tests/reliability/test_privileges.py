@@ -185,12 +185,6 @@ def test_other_roles_jobs_are_invisible_and_untouchable(rel: Any, env: Any) -> N
         }
         for statement, param in silently_empty.items():
             assert a.execute(statement, (param,)).rowcount == 0, statement
-        # the internal function that records outcomes cannot finish bob's job
-        a.execute(
-            "SELECT pgdispatch._finish(ARRAY[%s::bigint], ARRAY['succeeded'], ARRAY[now()],"
-            " ARRAY[now()], ARRAY[NULL::jsonb], ARRAY[NULL::bigint], ARRAY[NULL::jsonb])",
-            (queued,),
-        )
         # a worker session of alice never claims bob's jobs
         a.execute("CALL pgdispatch.work(drain => true)")
     with rel.connect(server, bob) as conn:
