@@ -50,6 +50,26 @@ BEGIN
 END
 $$;
 
+-- How long an idle worker sleeps between polls: poll_min while jobs flowed within
+-- fast_poll_window of last_activity, then doubling every 100 ms up to poll_max; never
+-- past wake.
+CREATE FUNCTION pgdispatch._poll_interval(
+  cfg pgdispatch.settings, last_activity timestamptz, wake timestamptz)
+RETURNS double precision
+LANGUAGE sql VOLATILE AS $$
+  SELECT greatest(0, least(
+           CASE WHEN clock_timestamp() - last_activity < cfg.fast_poll_window
+                THEN extract(epoch FROM cfg.poll_min)::double precision
+                ELSE least(extract(epoch FROM cfg.poll_max)::double precision,
+                           extract(epoch FROM cfg.poll_min)::double precision
+                           * power(2, least(60, extract(epoch FROM clock_timestamp()
+                                                              - last_activity
+                                                              - cfg.fast_poll_window)
+                                                * 10)::double precision))
+           END,
+           extract(epoch FROM wake - clock_timestamp())::double precision))
+$$;
+
 -- 0.2.0 adds max_jobs: stop after that many job attempts (drains that stop part-way).
 -- A new argument needs a new procedure; pg_cron's commands (CALL pgdispatch.work(slot => N))
 -- keep working.
@@ -94,6 +114,11 @@ DECLARE
   t_seq_change timestamptz := clock_timestamp();
   t_empty timestamptz := clock_timestamp();
   next_due timestamptz;
+  next_claim timestamptz;
+  wake timestamptz;
+  t_commit timestamptz;
+  probe interval;
+  seq_moved boolean;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -114,6 +139,7 @@ BEGIN
     END IF;
   END IF;
   SELECT * INTO cfg FROM pgdispatch.settings;
+  probe := cfg.poll_min;
   IF slot = 0 THEN
     keep_prepared := ARRAY(SELECT ps.name FROM pg_prepared_statements ps);
   ELSE
@@ -275,8 +301,11 @@ BEGIN
       CONTINUE WHEN claimed >= batch_limit OR drain;
     ELSE
       t_empty := clock_timestamp();
-      -- nothing due now: when is the next delayed (or retried) job due?
-      SELECT min(q.run_at) INTO next_due FROM pgdispatch.job q WHERE q.role = me;
+      -- nothing due now: when is the next delayed (or retried) job due? (Due jobs that
+      -- another worker holds are not waited for: if they come back, the claim once a
+      -- second finds them.)
+      SELECT min(q.run_at) INTO next_due FROM pgdispatch.job q
+       WHERE q.role = me AND q.run_at > clock_timestamp();
     END IF;
    END IF;
 
@@ -295,37 +324,51 @@ BEGIN
         PERFORM pgdispatch.prune(cfg.prune_batch);
       END IF;
     END IF;
-    -- End the transaction before sleeping. Inside a procedure the first statement after
-    -- a COMMIT pins a snapshot until the next COMMIT: a worker that slept through
-    -- several polls in one transaction held the xmin horizon back, and with it the
-    -- removal of the queue rows (and index entries) that other roles' workers delete.
+    -- End the transaction before sleeping, and commit at least every 50 ms while idle.
+    -- Inside a procedure the first statement after a COMMIT pins a snapshot until the
+    -- next COMMIT: a worker that slept through many polls in one transaction held the
+    -- xmin horizon back, and with it the removal of the queue rows (and their index
+    -- entries) that other workers delete, so that their claims slowed down.
     COMMIT;
+    t_commit := clock_timestamp();
     IF claimed > 0 THEN
       -- a batch that was not full: jobs are flowing; wait a little so that the next
       -- batch takes several (fewer claims and commits per job under a steady stream)
-      sleep_s := extract(epoch FROM cfg.batch_wait);
-    ELSIF clock_timestamp() - greatest(t_last_job, t_seq_change) < cfg.fast_poll_window THEN
-      -- adaptive poll: fast while jobs flow, backing off to poll_max when idle
-      sleep_s := extract(epoch FROM cfg.poll_min);
+      PERFORM pg_sleep(extract(epoch FROM cfg.batch_wait));
+      probe := cfg.poll_min;
+      must_claim := true;
     ELSE
-      sleep_s := least(extract(epoch FROM cfg.poll_max),
-                       extract(epoch FROM cfg.poll_min)
-                       * power(2, extract(epoch FROM clock_timestamp()
-                                                     - greatest(t_last_job, t_seq_change)
-                                                     - cfg.fast_poll_window) * 10));
+      -- Nothing was due. Claim again when a dispatch shows in the job id sequence (its
+      -- transaction may still be open: while nothing turns up, look again after probe,
+      -- doubling, for claim_window), when a delayed or retried job falls due, or once a
+      -- second regardless (a dispatch that committed after its claim window).
+      IF clock_timestamp() - t_seq_change < cfg.claim_window THEN
+        next_claim := clock_timestamp() + probe;
+        probe := probe * 2;
+      ELSE
+        next_claim := least(next_due, t_empty + interval '1 second');
+      END IF;
+      wake := least(next_claim, deadline, t_settings + interval '1 second');
+      -- the poll loop: as few statements as possible per wake-up (CPU while idle)
+      sleep_s := pgdispatch._poll_interval(cfg, greatest(t_last_job, t_seq_change), wake);
+      LOOP
+        PERFORM pg_sleep(sleep_s);
+        cur_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
+        EXIT WHEN cur_seq IS DISTINCT FROM seen_seq OR clock_timestamp() >= wake;
+        IF clock_timestamp() - t_commit >= interval '50 milliseconds' THEN
+          COMMIT;
+          t_commit := clock_timestamp();
+          sleep_s := pgdispatch._poll_interval(cfg, greatest(t_last_job, t_seq_change), wake);
+        END IF;
+      END LOOP;
+      seq_moved := cur_seq IS DISTINCT FROM seen_seq;
+      IF seq_moved THEN
+        seen_seq := cur_seq;
+        t_seq_change := clock_timestamp();
+        probe := cfg.poll_min;
+      END IF;
+      must_claim := seq_moved OR clock_timestamp() >= next_claim;
     END IF;
-    PERFORM pg_sleep(sleep_s);
-    -- claim only when something may be due: a dispatch was seen lately (its transaction
-    -- may commit a little later), a delayed job falls due, or once a second regardless
-    cur_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
-    IF cur_seq IS DISTINCT FROM seen_seq THEN
-      seen_seq := cur_seq;
-      t_seq_change := clock_timestamp();
-    END IF;
-    must_claim := claimed > 0
-                  OR clock_timestamp() - t_seq_change < cfg.claim_window
-                  OR clock_timestamp() >= next_due
-                  OR clock_timestamp() - t_empty >= interval '1 second';
   END LOOP;
   IF slot > 0 THEN
     PERFORM pg_advisory_unlock(1885824113 + slot, pgdispatch._role_key());
@@ -663,6 +706,8 @@ $refresh$;
 
 -- New functions: nobody by default, and every role that could dispatch before.
 REVOKE ALL ON FUNCTION pgdispatch.prune(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgdispatch._poll_interval(pgdispatch.settings, timestamptz, timestamptz)
+  FROM PUBLIC;
 REVOKE ALL ON PROCEDURE pgdispatch.work(integer, boolean, interval, integer) FROM PUBLIC;
 DO $grants$
 DECLARE
@@ -675,6 +720,8 @@ BEGIN
               AND NOT rolsuper
               AND oid <> (SELECT nspowner FROM pg_namespace WHERE nspname = 'pgdispatch') LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch.prune(integer) TO %I', r);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch._poll_interval(pgdispatch.settings, '
+                   'timestamptz, timestamptz) TO %I', r);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE pgdispatch.work(integer, boolean, interval, integer) TO %I', r);
   END LOOP;
 END
