@@ -37,16 +37,92 @@ DECLARE
   deleted bigint;
 BEGIN
   SELECT * INTO cfg FROM pgdispatch.settings;
-  DELETE FROM pgdispatch.job_history h
-   WHERE h.ctid = ANY (ARRAY(SELECT x.ctid FROM pgdispatch.job_history x
-                              WHERE x.role = current_user
-                                AND x.finished_at < clock_timestamp() - cfg.retention
-                              LIMIT coalesce(max_rows, cfg.prune_batch)));
+  -- planned at each call with the actual cut-off and limit (a cached generic plan may
+  -- estimate the limit as a tenth of the history and scan all of it, every 10 s)
+  EXECUTE 'DELETE FROM pgdispatch.job_history h
+            WHERE h.ctid = ANY (ARRAY(SELECT x.ctid FROM pgdispatch.job_history x
+                                       WHERE x.role = current_user AND x.finished_at < $1
+                                       ORDER BY x.finished_at LIMIT $2))'
+    USING clock_timestamp() - cfg.retention, coalesce(max_rows, cfg.prune_batch);
   GET DIAGNOSTICS deleted = ROW_COUNT;
   DELETE FROM pgdispatch.cancel_request c
    WHERE c.role = current_user
      AND NOT EXISTS (SELECT 1 FROM pgdispatch.job q WHERE q.id = c.job_id);
   RETURN deleted;
+END
+$$;
+
+-- dispatch(): the job_key lookup is planned at each call.
+CREATE OR REPLACE FUNCTION pgdispatch.dispatch(
+  command      text,
+  payload      jsonb    DEFAULT NULL,
+  delay        interval DEFAULT NULL,
+  priority     integer  DEFAULT 0,
+  max_attempts integer  DEFAULT 1,
+  timeout      interval DEFAULT NULL,
+  capture      boolean  DEFAULT false,
+  job_key      text     DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+  job_id bigint;
+  at timestamptz := clock_timestamp();
+BEGIN
+  IF command IS NULL THEN
+    RAISE EXCEPTION 'pgdispatch: command must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF btrim(command, E' \t\r\n\f;') = '' THEN
+    RAISE EXCEPTION 'pgdispatch: command must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF payload IS NOT NULL AND strpos(rtrim(command, E' \t\r\n\f;'), ';') > 0
+     AND pgdispatch._statement_count(command) > 1 THEN
+    RAISE EXCEPTION 'pgdispatch: a command with a payload must be a single statement'
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'The payload is bound as $1, which only a single statement can take. '
+                   'Dispatch one job per statement, or wrap the statements in a function.';
+  END IF;
+  IF delay < interval '0' THEN
+    RAISE EXCEPTION 'pgdispatch: delay must not be negative (got %)', delay
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF max_attempts IS NULL OR max_attempts < 1 THEN
+    RAISE EXCEPTION 'pgdispatch: max_attempts must be at least 1 (got %)', max_attempts
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF timeout <= interval '0' THEN
+    RAISE EXCEPTION 'pgdispatch: timeout must be positive (got %)', timeout
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
+    PERFORM pgdispatch._ensure_worker();
+  END IF;
+
+  IF job_key IS NULL THEN
+    -- the hot path: a plain insert (ON CONFLICT costs a speculative insertion)
+    INSERT INTO pgdispatch.job AS j
+           (command, payload, priority, max_attempts, timeout, capture, created_at, run_at)
+    VALUES (command, payload, coalesce(priority, 0), max_attempts, timeout,
+            coalesce(capture, false), at, at + coalesce(delay, interval '0'))
+    RETURNING j.id INTO job_id;
+    RETURN job_id;
+  END IF;
+  LOOP
+    INSERT INTO pgdispatch.job AS j
+           (command, payload, priority, max_attempts, timeout, capture, job_key, created_at, run_at)
+    VALUES (command, payload, coalesce(priority, 0), max_attempts, timeout,
+            coalesce(capture, false), job_key, at, at + coalesce(delay, interval '0'))
+    ON CONFLICT (role, job_key) WHERE job_key IS NOT NULL DO NOTHING
+    RETURNING j.id INTO job_id;
+    IF job_id IS NULL THEN
+      -- the same key is queued (or running): that job stands for this one. (Planned at
+      -- each call: a plan cached while the queue was small could scan it once it is not.)
+      EXECUTE 'SELECT j.id FROM pgdispatch.job j WHERE j.role = current_user AND j.job_key = $1'
+        INTO job_id USING dispatch.job_key;
+    END IF;
+    EXIT WHEN job_id IS NOT NULL;  -- else it finished in between: try again
+  END LOOP;
+  RETURN job_id;
 END
 $$;
 
@@ -83,8 +159,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
   me name := session_user;
   cfg pgdispatch.settings;
-  j pgdispatch.job;
+  j record;                       -- the claimed job: row_ctid, then pgdispatch.job's columns
   k integer;                      -- advisory lock key of the current job
+  seqscan_default text;
+  jit_default text;
   t_start timestamptz := clock_timestamp();
   deadline timestamptz;
   hard_deadline timestamptz;
@@ -96,7 +174,7 @@ DECLARE
   sleep_s double precision;
   claimed integer := 0;
   -- outcomes of the current batch
-  o_ids bigint[]; o_states text[]; o_started timestamptz[]; o_finished timestamptz[];
+  o_ids bigint[]; o_ctids tid[]; o_states text[]; o_started timestamptz[]; o_finished timestamptz[];
   o_results jsonb[]; o_affected bigint[]; o_errors jsonb[];
   res jsonb; affected bigint; err jsonb; ok boolean;
   e_state text; e_msg text; e_detail text; e_hint text; e_context text;
@@ -114,11 +192,14 @@ DECLARE
   t_seq_change timestamptz := clock_timestamp();
   t_empty timestamptz := clock_timestamp();
   next_due timestamptz;
+  t_now timestamptz;
   next_claim timestamptz;
   wake timestamptz;
   t_commit timestamptz;
   probe interval;
   seq_moved boolean;
+  last_activity timestamptz;
+  t_unclaimed timestamptz;        -- first dispatch seen since the last claim
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -147,6 +228,17 @@ BEGIN
     -- (default off: see docs/sql-api.md#settings); draining in a caller's session keeps
     -- the caller's setting
     PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
+    -- The worker's own statements run with enable_seqscan off. Their plans are cached
+    -- for the worker's whole run, and a plan made while the queue was nearly empty
+    -- (a sequential scan is then the cheapest) stayed in use when a burst filled it:
+    -- every claim and every batch's outcome scanned 100k rows until autovacuum came by.
+    -- (With sequential scans priced out, any statement whose only path is one, such
+    -- as reading the settings, would cross jit_above_cost: JIT is off too.) Jobs run
+    -- with the session's own settings, restored before each.
+    seqscan_default := current_setting('enable_seqscan');
+    jit_default := current_setting('jit');
+    PERFORM set_config('enable_seqscan', 'off', false);
+    PERFORM set_config('jit', 'off', false);
   END IF;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
@@ -168,14 +260,30 @@ BEGIN
     -- one batch: claim, run, record, commit
     claimed := 0;
     batch_limit := least(cfg.batch_size, max_jobs - attempted);
-    o_ids := '{}'; o_states := '{}'; o_started := '{}'; o_finished := '{}';
+    o_ids := '{}'; o_ctids := '{}'; o_states := '{}'; o_started := '{}'; o_finished := '{}';
     o_results := '{}'; o_affected := '{}'; o_errors := '{}';
     t_batch := clock_timestamp();
+    t_unclaimed := NULL;            -- dispatches seen so far are looked at now
+    -- Every statement on the queue below leaves the planner one sensible path, whatever
+    -- the statistics say and however small the queue was when the plan was cached
+    -- (enable_seqscan is off in worker sessions, see above): the claim has a constant
+    -- LIMIT in the claim index's order (a generic plan takes LIMIT $n for a tenth of the
+    -- rows), and the outcomes and retries address the claimed rows by ctid alone
+    -- (stable: we hold their row locks), so that no index can be misused for them.
+    -- (run_at is compared with a variable, not with clock_timestamp(): the index then
+    -- checks it on its entries, and jobs delayed into the future cost no heap visits.)
+    -- Slots 2 and up are helpers: they leave a job to slot 1 for poll_max after it falls
+    -- due, and so take jobs only when slot 1 is busy or a backlog builds up; racing slot
+    -- 1 for every job of a trickle kept them all polling fast.
+    t_now := clock_timestamp();
+    IF slot >= 2 AND NOT drain THEN
+      t_now := t_now - cfg.poll_max;
+    END IF;
     FOR j IN
-      SELECT * FROM pgdispatch.job q
-       WHERE q.role = me AND q.run_at <= clock_timestamp()
+      SELECT q.ctid AS row_ctid, q.* FROM pgdispatch.job q
+       WHERE q.role = me AND q.run_at <= t_now
        ORDER BY q.priority DESC, q.run_at, q.id
-       LIMIT batch_limit
+       LIMIT 60
          FOR UPDATE SKIP LOCKED
     LOOP
       claimed := claimed + 1;
@@ -184,6 +292,10 @@ BEGIN
       PERFORM pg_advisory_xact_lock(1885824110, k);
       -- ... and executing: while the command runs (the watchdog interrupts only these)
       PERFORM pg_advisory_lock(1885824112, k);
+      IF slot > 0 THEN
+        PERFORM set_config('enable_seqscan', seqscan_default, false);
+        PERFORM set_config('jit', jit_default, false);
+      END IF;
       t_job := clock_timestamp();
       res := NULL; affected := NULL; err := NULL;
       BEGIN
@@ -245,11 +357,14 @@ BEGIN
       ELSE
         DEALLOCATE ALL;
         PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
+        PERFORM set_config('enable_seqscan', 'off', false);
+        PERFORM set_config('jit', 'off', false);
       END IF;
       UNLISTEN *;
 
       IF ok THEN
-        o_ids := o_ids || j.id; o_states := o_states || 'succeeded'::text;
+        o_ids := o_ids || j.id; o_ctids := o_ctids || j.row_ctid;
+        o_states := o_states || 'succeeded'::text;
         o_started := o_started || t_job; o_finished := o_finished || clock_timestamp();
         o_results := o_results || res; o_affected := o_affected || affected;
         o_errors := o_errors || NULL::jsonb;
@@ -257,39 +372,37 @@ BEGIN
         backoff := least(cfg.retry_backoff * power(2, j.attempts), cfg.retry_backoff_max);
         UPDATE pgdispatch.job q
            SET attempts = q.attempts + 1, run_at = clock_timestamp() + backoff, last_error = err
-         WHERE q.id = j.id;
+         WHERE q.ctid = j.row_ctid;
       ELSE
-        o_ids := o_ids || j.id;
+        o_ids := o_ids || j.id; o_ctids := o_ctids || j.row_ctid;
         o_states := o_states || CASE WHEN err ->> 'message' = 'job cancelled while running'
                                      THEN 'cancelled' ELSE 'failed' END;
         o_started := o_started || t_job; o_finished := o_finished || clock_timestamp();
         o_results := o_results || NULL::jsonb; o_affected := o_affected || NULL::bigint;
         o_errors := o_errors || err;
       END IF;
-      EXIT WHEN clock_timestamp() - t_batch > cfg.batch_time;
+      -- (rows the cursor fetched beyond this point stay locked until the commit below
+      -- and are claimed again next time)
+      EXIT WHEN claimed >= batch_limit OR clock_timestamp() - t_batch > cfg.batch_time;
     END LOOP;
     IF claimed > 0 THEN
       IF cardinality(o_ids) > 0 THEN
         -- the outcomes: finished jobs leave the queue for the history, in one statement
         -- whose plan is cached for the whole run
-        WITH o AS (
-          SELECT * FROM unnest(o_ids, o_states, o_started, o_finished, o_results, o_affected,
-                               o_errors)
-                   AS o(id, state, started_at, finished_at, result, rows_affected, error)
-        ), d AS (
-          DELETE FROM pgdispatch.job dj USING o WHERE dj.id = o.id
-          RETURNING dj.*, o.state AS o_state, o.started_at AS o_started,
-                    o.finished_at AS o_finished, o.result AS o_result,
-                    o.rows_affected AS o_affected, o.error AS o_error
+        WITH d AS (
+          DELETE FROM pgdispatch.job dj WHERE dj.ctid = ANY (o_ctids) RETURNING dj.*
         )
         INSERT INTO pgdispatch.job_history AS h
                (id, role, command, payload, state, priority, attempts, max_attempts, timeout,
                 capture, job_key, created_at, run_at, started_at, finished_at, result,
                 rows_affected, error)
-        SELECT d.id, d.role, d.command, d.payload, d.o_state, d.priority, d.attempts + 1,
+        SELECT d.id, d.role, d.command, d.payload, o.state, d.priority, d.attempts + 1,
                d.max_attempts, d.timeout, d.capture, d.job_key, d.created_at, d.run_at,
-               d.o_started, d.o_finished, d.o_result, d.o_affected, d.o_error
-          FROM d;
+               o.started_at, o.finished_at, o.result, o.rows_affected, o.error
+          FROM d
+          JOIN unnest(o_ids, o_states, o_started, o_finished, o_results, o_affected, o_errors)
+               AS o(id, state, started_at, finished_at, result, rows_affected, error)
+            ON o.id = d.id;
         DELETE FROM pgdispatch.cancel_request c WHERE c.job_id = ANY (o_ids);
       END IF;
       COMMIT;
@@ -301,11 +414,27 @@ BEGIN
       CONTINUE WHEN claimed >= batch_limit OR drain;
     ELSE
       t_empty := clock_timestamp();
-      -- nothing due now: when is the next delayed (or retried) job due? (Due jobs that
-      -- another worker holds are not waited for: if they come back, the claim once a
-      -- second finds them.)
-      SELECT min(q.run_at) INTO next_due FROM pgdispatch.job q
-       WHERE q.role = me AND q.run_at > clock_timestamp();
+      t_now := clock_timestamp();
+      -- nothing due now: when is the next delayed (or retried) job due? The claim
+      -- index is ordered by priority first: look at the first future job of each
+      -- priority the role has (a loose index scan), never at the whole queue. (Due
+      -- jobs that another worker holds are not waited for: if they come back, the
+      -- claim once a second finds them.)
+      WITH RECURSIVE p(priority) AS (
+        (SELECT q.priority FROM pgdispatch.job q WHERE q.role = me
+          ORDER BY q.priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT q.priority FROM pgdispatch.job q
+                 WHERE q.role = me AND q.priority < p.priority
+                 ORDER BY q.priority DESC LIMIT 1)
+          FROM p WHERE p.priority IS NOT NULL
+      )
+      SELECT min((SELECT q.run_at FROM pgdispatch.job q
+                    WHERE q.role = me AND q.priority = p.priority
+                      AND q.run_at > t_now
+                    ORDER BY q.priority DESC, q.run_at LIMIT 1))
+        INTO next_due
+        FROM p WHERE p.priority IS NOT NULL;
     END IF;
    END IF;
 
@@ -342,15 +471,24 @@ BEGIN
       -- transaction may still be open: while nothing turns up, look again after probe,
       -- doubling, for claim_window), when a delayed or retried job falls due, or once a
       -- second regardless (a dispatch that committed after its claim window).
-      IF clock_timestamp() - t_seq_change < cfg.claim_window THEN
+      -- Slot 1 (and a drain session) polls fast whenever jobs flow, so that one of the
+      -- role's workers starts a job within about a millisecond. The helper slots poll
+      -- fast only while they get jobs themselves, and otherwise look at a dispatch
+      -- poll_max after they saw it (when they may take it, if slot 1 has not). A trickle
+      -- of jobs costs one worker's fast polling.
+      last_activity := CASE WHEN slot <= 1 THEN greatest(t_last_job, t_seq_change)
+                            ELSE t_last_job END;
+      IF clock_timestamp() - t_seq_change < cfg.claim_window
+         AND clock_timestamp() - last_activity < cfg.fast_poll_window THEN
         next_claim := clock_timestamp() + probe;
         probe := probe * 2;
       ELSE
-        next_claim := least(next_due, t_empty + interval '1 second');
+        next_claim := least(next_due, t_empty + interval '1 second',
+                            t_unclaimed + cfg.poll_max);
       END IF;
       wake := least(next_claim, deadline, t_settings + interval '1 second');
       -- the poll loop: as few statements as possible per wake-up (CPU while idle)
-      sleep_s := pgdispatch._poll_interval(cfg, greatest(t_last_job, t_seq_change), wake);
+      sleep_s := pgdispatch._poll_interval(cfg, last_activity, wake);
       LOOP
         PERFORM pg_sleep(sleep_s);
         cur_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
@@ -358,16 +496,19 @@ BEGIN
         IF clock_timestamp() - t_commit >= interval '50 milliseconds' THEN
           COMMIT;
           t_commit := clock_timestamp();
-          sleep_s := pgdispatch._poll_interval(cfg, greatest(t_last_job, t_seq_change), wake);
+          sleep_s := pgdispatch._poll_interval(cfg, last_activity, wake);
         END IF;
       END LOOP;
       seq_moved := cur_seq IS DISTINCT FROM seen_seq;
       IF seq_moved THEN
         seen_seq := cur_seq;
         t_seq_change := clock_timestamp();
+        t_unclaimed := coalesce(t_unclaimed, t_seq_change);
         probe := cfg.poll_min;
       END IF;
-      must_claim := seq_moved OR clock_timestamp() >= next_claim;
+      must_claim := clock_timestamp() >= next_claim
+                    OR (seq_moved AND (slot <= 1
+                                       OR clock_timestamp() - t_last_job < cfg.fast_poll_window));
     END IF;
   END LOOP;
   IF slot > 0 THEN
@@ -492,6 +633,9 @@ DECLARE
   t_settings timestamptz := clock_timestamp();
   busy boolean;
   wake timestamptz;
+  lock_pids integer[];
+  lock_keys bigint[];
+  candidates bigint[];
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.watchdog() must run as the session''s login role'
@@ -501,6 +645,10 @@ BEGIN
     RETURN;
   END IF;
   PERFORM set_config('application_name', 'pgdispatch watchdog', false);
+  -- no plan of the watchdog's may scan the queue, however small it was when planned
+  -- (see work())
+  PERFORM set_config('enable_seqscan', 'off', false);
+  PERFORM set_config('jit', 'off', false);
   SELECT * INTO cfg FROM pgdispatch.settings;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
@@ -513,22 +661,31 @@ BEGIN
   WHILE clock_timestamp() < deadline LOOP
     now_s := extract(epoch FROM clock_timestamp());
     busy := false;
+    -- the role's executing jobs: (backend, low 32 bits of the job id) from the locks,
+    -- then the jobs by primary key (an index probe per high word the id sequence has
+    -- reached). Two steps, so that no plan can scan the role's queue (a join of the
+    -- locks with the queue was planned as a scan of a 100k backlog on every poll).
+    SELECT array_agg(l.pid), array_agg(l.objid::bigint) INTO lock_pids, lock_keys
+      FROM pg_locks l
+      JOIN pg_stat_activity a ON a.pid = l.pid AND a.usename = me
+     WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid AND l.objsubid = 2
+       AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
+    candidates := ARRAY(
+      SELECT (h << 32) | k
+        FROM unnest(lock_keys) k,
+             generate_series(0, coalesce(pg_sequence_last_value('pgdispatch.job_id_seq'::regclass),
+                                         0) >> 32) h);
+    -- (the role is checked below, not in the query: the primary key is then the only
+    -- index with a condition)
     FOR r IN
-      SELECT q.id, q.timeout, l.pid,
+      SELECT q.id, q.role, q.timeout, lk.pid,
              EXISTS (SELECT 1 FROM pgdispatch.cancel_request c
                       WHERE c.job_id = q.id AND c.role = me) AS cancel
-        FROM pg_locks l
-        JOIN pg_stat_activity a ON a.pid = l.pid AND a.usename = me
-        -- the lock holds the id's low 32 bits: look the job up by id (an index probe per
-        -- high word the sequence has reached), never by scanning the role's queue
-        JOIN pgdispatch.job q
-          ON q.id = ANY (ARRAY(SELECT (h << 32) | l.objid::bigint
-                                 FROM generate_series(0, coalesce(pg_sequence_last_value(
-                                        'pgdispatch.job_id_seq'::regclass), 0) >> 32) h))
-         AND q.role = me
-       WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid AND l.objsubid = 2
-         AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        FROM pgdispatch.job q
+        JOIN unnest(lock_pids, lock_keys) AS lk(pid, key) ON lk.key = (q.id & 4294967295)
+       WHERE q.id = ANY (candidates)
     LOOP
+      CONTINUE WHEN r.role <> me;
       busy := true;
       IF NOT seen ? r.id::text THEN
         seen := seen || jsonb_build_object(r.id::text, now_s);
@@ -660,6 +817,12 @@ ALTER POLICY own_functions ON pgdispatch.definer_function
                            WHERE p.oid = fn AND p.proname = 'pgdispatch_definer_trigger'
                              AND p.prosecdef
                              AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)));
+-- The queue's policy is not an index condition. As `role = current_user` it could be one,
+-- and with statistics taken while the queue was empty the planner chose the claim index
+-- (role first) for statements that address rows by ctid or id: a scan of the role's
+-- whole backlog in every batch.
+ALTER POLICY own_jobs ON pgdispatch.job
+  USING ((role = current_user) IS TRUE) WITH CHECK (role = current_user);
 ALTER POLICY own_requests ON pgdispatch.cancel_request
   WITH CHECK (role = current_user
               AND EXISTS (SELECT 1 FROM pgdispatch.job q
