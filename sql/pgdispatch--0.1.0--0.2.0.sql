@@ -161,8 +161,7 @@ DECLARE
   cfg pgdispatch.settings;
   j record;                       -- the claimed job: row_ctid, then pgdispatch.job's columns
   k integer;                      -- advisory lock key of the current job
-  seqscan_default text;
-  jit_default text;
+  planner_defaults text[];        -- the session's enable_seqscan, _bitmapscan, _sort, jit
   t_start timestamptz := clock_timestamp();
   deadline timestamptz;
   hard_deadline timestamptz;
@@ -228,17 +227,19 @@ BEGIN
     -- (default off: see docs/sql-api.md#settings); draining in a caller's session keeps
     -- the caller's setting
     PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
-    -- The worker's own statements run with enable_seqscan off. Their plans are cached
-    -- for the worker's whole run, and a plan made while the queue was nearly empty
-    -- (a sequential scan is then the cheapest) stayed in use when a burst filled it:
-    -- every claim and every batch's outcome scanned 100k rows until autovacuum came by.
-    -- (With sequential scans priced out, any statement whose only path is one, such
-    -- as reading the settings, would cross jit_above_cost: JIT is off too.) Jobs run
-    -- with the session's own settings, restored before each.
-    seqscan_default := current_setting('enable_seqscan');
-    jit_default := current_setting('jit');
-    PERFORM set_config('enable_seqscan', 'off', false);
-    PERFORM set_config('jit', 'off', false);
+    -- The worker's own statements are planned with sequential scans, bitmap scans and
+    -- sorts off, so that the queue is only ever read along an index or by ctid. Their
+    -- plans are cached for the worker's whole run: a plan made while the queue was
+    -- nearly empty, or with statistics taken then, stayed in use when a burst filled it
+    -- (a claim that sorted the whole backlog, a batch outcome that scanned it) until
+    -- autovacuum came by. (With those priced out, a statement whose only path is one,
+    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) Jobs
+    -- run with the session's own settings, restored before each.
+    planner_defaults := ARRAY[current_setting('enable_seqscan'),
+                              current_setting('enable_bitmapscan'),
+                              current_setting('enable_sort'), current_setting('jit')];
+    PERFORM set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false),
+            set_config('enable_sort', 'off', false), set_config('jit', 'off', false);
   END IF;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
@@ -293,8 +294,10 @@ BEGIN
       -- ... and executing: while the command runs (the watchdog interrupts only these)
       PERFORM pg_advisory_lock(1885824112, k);
       IF slot > 0 THEN
-        PERFORM set_config('enable_seqscan', seqscan_default, false);
-        PERFORM set_config('jit', jit_default, false);
+        PERFORM set_config('enable_seqscan', planner_defaults[1], false),
+                set_config('enable_bitmapscan', planner_defaults[2], false),
+                set_config('enable_sort', planner_defaults[3], false),
+                set_config('jit', planner_defaults[4], false);
       END IF;
       t_job := clock_timestamp();
       res := NULL; affected := NULL; err := NULL;
@@ -356,9 +359,10 @@ BEGIN
         END LOOP;
       ELSE
         DEALLOCATE ALL;
-        PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
-        PERFORM set_config('enable_seqscan', 'off', false);
-        PERFORM set_config('jit', 'off', false);
+        PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false),
+                set_config('enable_seqscan', 'off', false),
+                set_config('enable_bitmapscan', 'off', false),
+                set_config('enable_sort', 'off', false), set_config('jit', 'off', false);
       END IF;
       UNLISTEN *;
 
@@ -647,8 +651,8 @@ BEGIN
   PERFORM set_config('application_name', 'pgdispatch watchdog', false);
   -- no plan of the watchdog's may scan the queue, however small it was when planned
   -- (see work())
-  PERFORM set_config('enable_seqscan', 'off', false);
-  PERFORM set_config('jit', 'off', false);
+  PERFORM set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false),
+          set_config('enable_sort', 'off', false), set_config('jit', 'off', false);
   SELECT * INTO cfg FROM pgdispatch.settings;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
