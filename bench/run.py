@@ -152,16 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             "pgdispatch": version,
             "synchronous_commit": ctx.scalar("SHOW synchronous_commit"),
             "fsync": ctx.scalar("SHOW fsync"),
-            "settings": dict(
-                zip(
-                    ("poll_min", "poll_max", "batch_size", "batch_time"),
-                    ctx.sql(
-                        "SELECT poll_min::text, poll_max::text, batch_size::text, "
-                        "batch_time::text FROM pgdispatch.settings"
-                    )[0],
-                    strict=True,
-                )
-            ),
+            "settings": ctx.sql(
+                "SELECT jsonb_object_agg(key, value) FROM jsonb_each_text("
+                "(SELECT to_jsonb(s) - 'singleton' FROM pgdispatch.settings s))"
+            )[0][0],
         }
         try:
             pgbench_version = subprocess.run(
