@@ -639,6 +639,8 @@ DECLARE
   wake timestamptz;
   lock_pids integer[];
   lock_keys bigint[];
+  lock_since double precision[];  -- xact_start of each lock holder (epoch)
+  running text[];                 -- ids of the jobs seen running in this poll
   candidates bigint[];
 BEGIN
   IF me <> current_user THEN
@@ -665,11 +667,14 @@ BEGIN
   WHILE clock_timestamp() < deadline LOOP
     now_s := extract(epoch FROM clock_timestamp());
     busy := false;
+    running := '{}';
     -- the role's executing jobs: (backend, low 32 bits of the job id) from the locks,
     -- then the jobs by primary key (an index probe per high word the id sequence has
     -- reached). Two steps, so that no plan can scan the role's queue (a join of the
     -- locks with the queue was planned as a scan of a 100k backlog on every poll).
-    SELECT array_agg(l.pid), array_agg(l.objid::bigint) INTO lock_pids, lock_keys
+    SELECT array_agg(l.pid), array_agg(l.objid::bigint),
+           array_agg(extract(epoch FROM a.xact_start)::double precision)
+      INTO lock_pids, lock_keys, lock_since
       FROM pg_locks l
       JOIN pg_stat_activity a ON a.pid = l.pid AND a.usename = me
      WHERE l.locktype = 'advisory' AND l.classid = 1885824112::oid AND l.objsubid = 2
@@ -682,17 +687,27 @@ BEGIN
     -- (the role is checked below, not in the query: the primary key is then the only
     -- index with a condition)
     FOR r IN
-      SELECT q.id, q.role, q.timeout, lk.pid,
+      SELECT q.id, q.role, q.timeout, lk.pid, lk.since,
              EXISTS (SELECT 1 FROM pgdispatch.cancel_request c
                       WHERE c.job_id = q.id AND c.role = me) AS cancel
         FROM pgdispatch.job q
-        JOIN unnest(lock_pids, lock_keys) AS lk(pid, key) ON lk.key = (q.id & 4294967295)
+        JOIN unnest(lock_pids, lock_keys, lock_since) AS lk(pid, key, since)
+          ON lk.key = (q.id & 4294967295)
        WHERE q.id = ANY (candidates)
     LOOP
       CONTINUE WHEN r.role <> me;
       busy := true;
+      running := running || r.id::text;
       IF NOT seen ? r.id::text THEN
-        seen := seen || jsonb_build_object(r.id::text, now_s);
+        -- When did it start? Not before its worker's transaction, and no later than
+        -- batch_time (a batch starts no job after that) plus 100 ms (the most a worker
+        -- waits in its transaction before claiming) after it: take that upper bound, or
+        -- now if sooner. A timeout then never fires early, and at most about
+        -- watchdog_poll + batch_time + 100 ms late even when the watchdog, asleep for
+        -- a second while nothing ran, first sees the job late.
+        seen := seen || jsonb_build_object(
+                  r.id::text,
+                  least(now_s, r.since + extract(epoch FROM cfg.batch_time)::double precision + 0.1));
       END IF;
       IF r.cancel OR (r.timeout IS NOT NULL
                       AND now_s - (seen ->> r.id::text)::double precision
@@ -706,11 +721,12 @@ BEGIN
         END IF;
       END IF;
     END LOOP;
-    -- forget jobs that are no longer running
+    -- forget jobs that are no longer running: a job queued again for a retry gets its
+    -- full timeout when it runs again (0.1.0 kept its first start, and a retried job
+    -- was interrupted at once)
     IF seen <> '{}' THEN
-      seen := coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(seen) s(k, v)
-                         WHERE EXISTS (SELECT 1 FROM pgdispatch.job q
-                                        WHERE q.id = k::bigint)), '{}');
+      seen := coalesce((SELECT jsonb_object_agg(s.k, s.v) FROM jsonb_each(seen) s(k, v)
+                         WHERE s.k = ANY (running)), '{}');
     END IF;
     COMMIT;
     IF clock_timestamp() - t_settings > interval '1 second' THEN
@@ -721,8 +737,7 @@ BEGIN
         EXIT WHEN enabled IS DISTINCT FROM true;
       END IF;
     END IF;
-    -- every watchdog_poll while the role's jobs run, every second otherwise (a job's
-    -- timeout then counts from when the watchdog first saw it run). Inside a procedure
+    -- every watchdog_poll while the role's jobs run, every second otherwise. Inside a procedure
     -- the first statement after a COMMIT pins a snapshot, and with it the xmin horizon,
     -- until the next COMMIT: sleep in pieces of at most 50 ms, each in a transaction of
     -- its own, so that the queue rows other sessions delete can be removed meanwhile.

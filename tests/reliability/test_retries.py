@@ -139,3 +139,37 @@ def test_timeout_stops_a_long_job_and_the_worker_goes_on(rel: Any, env: Any) -> 
     ran = j["finished_at"] - j["started_at"]
     assert timedelta(seconds=1) <= ran < timedelta(seconds=30), ran  # not the full 60 s
     print(f"a 1 s timeout stopped pg_sleep(60) after {ran.total_seconds():.2f}s")
+
+
+def test_a_retried_attempt_gets_its_full_timeout_again(rel: Any, env: Any) -> None:
+    """Each attempt has the whole timeout: the watchdog forgets a job that stops running
+    (0.1.0 remembered the first attempt's start and interrupted the retry at once)."""
+    server, role, _, backoff = env
+    with rel.connect(server, role) as conn:
+        slow = rel.count(
+            conn, "SELECT pgdispatch.dispatch('SELECT pg_sleep(60)', timeout => '1 second',"
+            " max_attempts => 2, priority => 2)"
+        )
+    watchdog = rel.WorkerThread(server, role, "CALL pgdispatch.watchdog(max_runtime => '60 s')")
+    watchdog.start()
+    try:
+        rel.drain(server, role)  # the first attempt, interrupted after its timeout
+        with rel.connect(server, role) as conn:
+            first = _job(conn, slow)
+            assert (first["state"], first["attempts"]) == ("queued", 1), first
+            _wait_due(conn, first["run_at"])
+        rel.drain(server, role)  # the second attempt
+    finally:
+        with rel.connect(server) as su:
+            rel.wait_for(lambda: watchdog.pid is not None, timeout=30, what="the watchdog")
+            su.execute("SELECT pg_cancel_backend(%s)", (watchdog.pid,))
+        watchdog.join(timeout=30)
+    with rel.connect(server, role) as conn:
+        j = _job(conn, slow)
+    assert (j["state"], j["attempts"]) == ("failed", 2)
+    assert j["error"]["message"] == "job exceeded its timeout of 00:00:01"
+    assert j["error"]["attempt"] == 2
+    ran = j["finished_at"] - j["started_at"]
+    assert timedelta(seconds=1) <= ran < timedelta(seconds=3), ran
+    assert j["started_at"] - j["created_at"] >= backoff  # waited for its retry
+    print(f"the retried attempt ran {ran.total_seconds():.2f}s under a 1 s timeout")
