@@ -6,6 +6,7 @@ import os
 import re
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -149,9 +150,22 @@ def pgbench(
 ) -> PgbenchResult:
     """Run pgbench with a custom script (no vacuum, no init) as *role*."""
     params = conninfo.conninfo_to_dict(ctx.dsn)
-    script_path = Path(f"/tmp/sa-pgdispatch-bench-{os.getpid()}-{abs(hash(script))}.sql")
-    script_path.write_text(script)
-    os.chmod(script_path, 0o644)
+    with tempfile.TemporaryDirectory(prefix="sa-pgdispatch-bench-") as tmp:
+        script_path = Path(tmp) / "script.sql"
+        script_path.write_text(script)
+        return _run_pgbench(ctx, params, script_path, role, clients, seconds, rate, extra)
+
+
+def _run_pgbench(
+    ctx: Ctx,
+    params: dict[str, Any],
+    script_path: Path,
+    role: str,
+    clients: int,
+    seconds: float,
+    rate: int | None,
+    extra: Sequence[str],
+) -> PgbenchResult:
     args = [
         str(ctx.pgbench),
         "-n",
