@@ -10,7 +10,9 @@ auto-prepared statements of a connection reused for other queries.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +53,20 @@ def _job(conn: Any, job: int) -> dict[str, Any]:
     row = cur.fetchone()
     assert row is not None
     return dict(zip(names, row, strict=True))
+
+
+@contextlib.contextmanager
+def _watchdog(rel: Any, server: Any, role: str) -> Iterator[None]:
+    """The role's watchdog in a session of its own while the block runs."""
+    watchdog = rel.WorkerThread(server, role, "CALL pgdispatch.watchdog(max_runtime => '60 s')")
+    watchdog.start()
+    try:
+        yield
+    finally:
+        with rel.connect(server) as su:
+            rel.wait_for(lambda: watchdog.pid is not None, timeout=30, what="the watchdog")
+            su.execute("SELECT pg_cancel_backend(%s)", (watchdog.pid,))
+        watchdog.join(timeout=30)
 
 
 def _wait_due(conn: Any, run_at: datetime) -> None:
@@ -121,15 +137,8 @@ def test_timeout_stops_a_long_job_and_the_worker_goes_on(rel: Any, env: Any) -> 
             " priority => 1)"
         )
         after = rel.count(conn, "SELECT pgdispatch.dispatch('SELECT 1')")
-    watchdog = rel.WorkerThread(server, role, "CALL pgdispatch.watchdog(max_runtime => '60 s')")
-    watchdog.start()
-    try:
+    with _watchdog(rel, server, role):
         rel.drain(server, role)  # returns once the sleeping job was interrupted
-    finally:
-        with rel.connect(server) as su:
-            rel.wait_for(lambda: watchdog.pid is not None, timeout=30, what="the watchdog")
-            su.execute("SELECT pg_cancel_backend(%s)", (watchdog.pid,))
-        watchdog.join(timeout=30)
     with rel.connect(server, role) as conn:
         j = _job(conn, slow)
         assert _job(conn, after)["state"] == "succeeded"
@@ -150,20 +159,13 @@ def test_a_retried_attempt_gets_its_full_timeout_again(rel: Any, env: Any) -> No
             conn, "SELECT pgdispatch.dispatch('SELECT pg_sleep(60)', timeout => '1 second',"
             " max_attempts => 2, priority => 2)"
         )
-    watchdog = rel.WorkerThread(server, role, "CALL pgdispatch.watchdog(max_runtime => '60 s')")
-    watchdog.start()
-    try:
+    with _watchdog(rel, server, role):
         rel.drain(server, role)  # the first attempt, interrupted after its timeout
         with rel.connect(server, role) as conn:
             first = _job(conn, slow)
             assert (first["state"], first["attempts"]) == ("queued", 1), first
             _wait_due(conn, first["run_at"])
         rel.drain(server, role)  # the second attempt
-    finally:
-        with rel.connect(server) as su:
-            rel.wait_for(lambda: watchdog.pid is not None, timeout=30, what="the watchdog")
-            su.execute("SELECT pg_cancel_backend(%s)", (watchdog.pid,))
-        watchdog.join(timeout=30)
     with rel.connect(server, role) as conn:
         j = _job(conn, slow)
     assert (j["state"], j["attempts"]) == ("failed", 2)
