@@ -161,7 +161,12 @@ DECLARE
   cfg pgdispatch.settings;
   j record;                       -- the claimed job: row_ctid, then pgdispatch.job's columns
   k integer;                      -- advisory lock key of the current job
-  planner_defaults text[];        -- the session's enable_seqscan, _bitmapscan, _sort, jit
+  -- what a worker session (slot >= 1) sets for its own statements, and the session's
+  -- values, which every job runs with
+  gucs text[] := ARRAY['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'jit',
+                       'synchronous_commit'];
+  session_gucs text[];
+  worker_gucs text[];
   t_start timestamptz := clock_timestamp();
   deadline timestamptz;
   hard_deadline timestamptz;
@@ -175,6 +180,7 @@ DECLARE
   -- outcomes of the current batch
   o_ids bigint[]; o_ctids tid[]; o_states text[]; o_started timestamptz[]; o_finished timestamptz[];
   o_results jsonb[]; o_affected bigint[]; o_errors jsonb[];
+  r_ctids tid[]; r_run_at timestamptz[]; r_errors jsonb[];   -- failed attempts to retry
   res jsonb; affected bigint; err jsonb; ok boolean;
   e_state text; e_msg text; e_detail text; e_hint text; e_context text;
   enabled boolean;
@@ -223,23 +229,21 @@ BEGIN
   IF slot = 0 THEN
     keep_prepared := ARRAY(SELECT ps.name FROM pg_prepared_statements ps);
   ELSE
-    -- a worker session commits its batches as settings.worker_synchronous_commit says
-    -- (default off: see docs/sql-api.md#settings); draining in a caller's session keeps
-    -- the caller's setting
-    PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false);
-    -- The worker's own statements are planned with sequential scans, bitmap scans and
-    -- sorts off, so that the queue is only ever read along an index or by ctid. Their
-    -- plans are cached for the worker's whole run: a plan made while the queue was
-    -- nearly empty, or with statistics taken then, stayed in use when a burst filled it
-    -- (a claim that sorted the whole backlog, a batch outcome that scanned it) until
+    -- A worker session runs its own statements (claim, outcomes, retries, idle queries)
+    -- with `gucs` set: they are planned with sequential scans, bitmap scans and sorts
+    -- off, so that the queue is only ever read along an index or by ctid. Their plans
+    -- are cached for the worker's whole run: a plan made while the queue was nearly
+    -- empty, or with statistics taken then, stayed in use when a burst filled it (a
+    -- claim that sorted the whole backlog, a batch outcome that scanned it) until
     -- autovacuum came by. (With those priced out, a statement whose only path is one,
-    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) Jobs
-    -- run with the session's own settings, restored before each.
-    planner_defaults := ARRAY[current_setting('enable_seqscan'),
-                              current_setting('enable_bitmapscan'),
-                              current_setting('enable_sort'), current_setting('jit')];
-    PERFORM set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false),
-            set_config('enable_sort', 'off', false), set_config('jit', 'off', false);
+    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) Batches
+    -- commit as settings.worker_synchronous_commit says (default off: see
+    -- docs/sql-api.md#settings). Jobs run with the session's own values: restored before
+    -- a batch's first job, and RESET ALL after each. Draining in a caller's session
+    -- (slot 0) changes none of them.
+    session_gucs := ARRAY(SELECT current_setting(g) FROM unnest(gucs) g);
+    worker_gucs := ARRAY['off', 'off', 'off', 'off', cfg.worker_synchronous_commit];
+    PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, worker_gucs) AS g(name, value);
   END IF;
   IF max_runtime IS NOT NULL THEN
     deadline := t_start + max_runtime;
@@ -263,6 +267,7 @@ BEGIN
     batch_limit := least(cfg.batch_size, max_jobs - attempted);
     o_ids := '{}'; o_ctids := '{}'; o_states := '{}'; o_started := '{}'; o_finished := '{}';
     o_results := '{}'; o_affected := '{}'; o_errors := '{}';
+    r_ctids := '{}'; r_run_at := '{}'; r_errors := '{}';
     t_batch := clock_timestamp();
     t_unclaimed := NULL;            -- dispatches seen so far are looked at now
     -- Every statement on the queue below leaves the planner one sensible path, whatever
@@ -293,11 +298,8 @@ BEGIN
       PERFORM pg_advisory_xact_lock(1885824110, k);
       -- ... and executing: while the command runs (the watchdog interrupts only these)
       PERFORM pg_advisory_lock(1885824112, k);
-      IF slot > 0 THEN
-        PERFORM set_config('enable_seqscan', planner_defaults[1], false),
-                set_config('enable_bitmapscan', planner_defaults[2], false),
-                set_config('enable_sort', planner_defaults[3], false),
-                set_config('jit', planner_defaults[4], false);
+      IF slot > 0 AND claimed = 1 THEN
+        PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, session_gucs) AS g(name, value);
       END IF;
       t_job := clock_timestamp();
       res := NULL; affected := NULL; err := NULL;
@@ -359,10 +361,6 @@ BEGIN
         END LOOP;
       ELSE
         DEALLOCATE ALL;
-        PERFORM set_config('synchronous_commit', cfg.worker_synchronous_commit, false),
-                set_config('enable_seqscan', 'off', false),
-                set_config('enable_bitmapscan', 'off', false),
-                set_config('enable_sort', 'off', false), set_config('jit', 'off', false);
       END IF;
       UNLISTEN *;
 
@@ -374,9 +372,8 @@ BEGIN
         o_errors := o_errors || NULL::jsonb;
       ELSIF j.attempts + 1 < j.max_attempts AND err ->> 'message' <> 'job cancelled while running' THEN
         backoff := least(cfg.retry_backoff * power(2, j.attempts), cfg.retry_backoff_max);
-        UPDATE pgdispatch.job q
-           SET attempts = q.attempts + 1, run_at = clock_timestamp() + backoff, last_error = err
-         WHERE q.ctid = j.row_ctid;
+        r_ctids := r_ctids || j.row_ctid; r_run_at := r_run_at || (clock_timestamp() + backoff);
+        r_errors := r_errors || err;
       ELSE
         o_ids := o_ids || j.id; o_ctids := o_ctids || j.row_ctid;
         o_states := o_states || CASE WHEN err ->> 'message' = 'job cancelled while running'
@@ -390,6 +387,17 @@ BEGIN
       EXIT WHEN claimed >= batch_limit OR clock_timestamp() - t_batch > cfg.batch_time;
     END LOOP;
     IF claimed > 0 THEN
+      IF slot > 0 THEN
+        PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, worker_gucs) AS g(name, value);
+      END IF;
+      IF cardinality(r_ctids) > 0 THEN
+        -- failed attempts with attempts left: queued again after their backoff
+        UPDATE pgdispatch.job q
+           SET attempts = q.attempts + 1,
+               run_at = r_run_at[array_position(r_ctids, q.ctid)],
+               last_error = r_errors[array_position(r_ctids, q.ctid)]
+         WHERE q.ctid = ANY (r_ctids);
+      END IF;
       IF cardinality(o_ids) > 0 THEN
         -- the outcomes: finished jobs leave the queue for the history, in one statement
         -- whose plan is cached for the whole run
@@ -447,6 +455,7 @@ BEGIN
     IF clock_timestamp() - t_settings > interval '1 second' THEN
       t_settings := clock_timestamp();
       SELECT * INTO cfg FROM pgdispatch.settings;
+      worker_gucs[5] := cfg.worker_synchronous_commit;
       IF slot > 0 AND max_runtime IS NULL THEN
         -- a scheduled worker: stop() ends it
         SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
