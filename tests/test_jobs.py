@@ -6,7 +6,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -383,3 +384,30 @@ def test_permission_denied(pgdispatch_db: Engine, pgdispatch_server: PgServer) -
         engine.dispose()
         with pgdispatch_db.begin() as conn:
             conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+def test_result_keeps_numbers_exact(role_engine: Engine) -> None:
+    job_id = dispatch(
+        role_engine,
+        "SELECT 12345678901234567890.123456789::numeric AS big, 0.1::numeric AS tenth,"
+        " 5.00::numeric AS scaled, 123456789012345678901234567890 AS whole,"
+        " 'NaN'::numeric AS nan, 'Infinity'::float8 AS inf, '\\x00ff'::bytea AS raw,"
+        " '2024-01-02 03:04:05.123456+00'::timestamptz AS at",
+        capture=True,
+    )
+    drain(role_engine)
+    [row] = jobs.result(role_engine, job_id)
+    assert row["big"] == Decimal("12345678901234567890.123456789")
+    assert isinstance(row["big"], Decimal)
+    assert str(row["big"]) == "12345678901234567890.123456789"
+    assert row["tenth"] == Decimal("0.1")
+    assert str(row["scaled"]) == "5.00"
+    assert row["whole"] == 123456789012345678901234567890
+    assert isinstance(row["whole"], int)
+    # what JSON cannot hold comes back as the text PostgreSQL's to_jsonb() writes
+    assert row["nan"] == "NaN"
+    assert row["inf"] == "Infinity"
+    assert row["raw"] == "\\x00ff"
+    at = datetime.fromisoformat(row["at"])  # ISO 8601 in the worker session's TimeZone
+    assert at == datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+    assert jobs.get(role_engine, job_id).result == [row]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -54,6 +56,11 @@ class Job:
     captured rows (``capture => true``) of a succeeded job as a list of objects.
     ``started_at``/``finished_at``/``result``/``rows_affected`` are set once the job
     finished; ``worker_pid`` only while it runs.
+
+    ``result`` is read from the server as JSON text and parsed with numbers kept exact:
+    JSON integers as ``int``, other numbers as ``decimal.Decimal`` (a ``numeric``
+    ``12345678901234567890.123456789`` stays exactly that; see docs/python-api.md for
+    how each PostgreSQL type comes back).
     """
 
     id: int
@@ -113,7 +120,7 @@ class Job:
             run_at=row["run_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
-            result=row["result"],
+            result=parse_result(row["result"]),
             rows_affected=None if row["rows_affected"] is None else int(row["rows_affected"]),
             error=row["error"],
             worker_pid=None if row["worker_pid"] is None else int(row["worker_pid"]),
@@ -156,11 +163,22 @@ class JobStats:
 # ---------------------------------------------------------------------------------------
 # SQL
 
+# result as JSON text, parsed by parse_result(): a driver's jsonb loader would turn
+# numeric values into floats (12345678901234567890.123456789 -> 1.2345678901234567e+19)
 COLUMNS = (
     "id, role, command, payload, state, attempts, max_attempts, priority, job_key, timeout, "
-    "capture, created_at, run_at, started_at, finished_at, result, rows_affected, error, "
-    "worker_pid"
+    "capture, created_at, run_at, started_at, finished_at, result::text AS result, "
+    "rows_affected, error, worker_pid"
 )
+
+
+def parse_result(value: Any) -> Any:
+    """A job's captured rows from their JSON text, numbers exact: integers as ``int``,
+    the others (a fraction or an exponent) as ``Decimal``. A value that is not text
+    (already parsed) is returned as it is."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return json.loads(value, parse_float=Decimal)
+    return value
 
 GET = sa.text(f"SELECT {COLUMNS} FROM pgdispatch.jobs WHERE id = :id")
 
