@@ -788,7 +788,20 @@ BEGIN
       USING ERRCODE = 'dependent_objects_still_exist',
             HINT = 'Drop them first, or uninstall with force (which drops them).';
   END IF;
-  IF superuser THEN
+  IF to_regclass('cron.job') IS NULL THEN
+    -- an app database apart from pg_cron's: its workers are unscheduled there, with the
+    -- statements of cron_statements('uninstall') (sa_pgdispatch.uninstall(cron_url=...))
+    SELECT string_agg(w.role, ', ') INTO others FROM pgdispatch.worker w
+     WHERE w.role <> current_user AND w.enabled AND NOT superuser;
+    IF others IS NOT NULL THEN
+      RAISE EXCEPTION 'pgdispatch: roles % still have pg_cron workers that only they (or a '
+                      'superuser) can unschedule', others
+        USING ERRCODE = 'object_in_use',
+              HINT = 'Have each of them run the statements of SELECT * FROM '
+                     'pgdispatch.cron_statements(''stop'') in pg_cron''s database, or uninstall '
+                     'as a superuser.';
+    END IF;
+  ELSIF superuser THEN
     FOR jid IN SELECT j.jobid FROM cron.job j WHERE j.jobname LIKE 'pgdispatch:%'
                  AND j.command LIKE 'CALL pgdispatch.%' LOOP
       PERFORM cron.unschedule(jid);
@@ -895,11 +908,441 @@ BEGIN
 END
 $refresh$;
 
+-- ---------------------------------------------------------------------------------------
+-- pg_cron 1.5 and later, background-worker mode, and app databases apart from pg_cron's
+-- ---------------------------------------------------------------------------------------
+
+-- The database pg_cron runs in. cron.database_name is readable by superusers (and
+-- pg_read_all_settings) only, but pg_cron's launcher is a background worker connected to
+-- that database, and every role sees its row in pg_stat_activity.
+CREATE FUNCTION pgdispatch._cron_database() RETURNS name
+LANGUAGE sql STABLE AS $$
+  -- (backend_type is hidden from roles without pg_read_all_stats; the launcher's
+  -- application name is not)
+  SELECT a.datname FROM pg_stat_activity a
+   WHERE (a.backend_type = 'pg_cron launcher' OR a.application_name = 'pg_cron scheduler')
+     AND a.datname IS NOT NULL
+   LIMIT 1
+$$;
+
+-- pg_cron facts. In a database other than pg_cron's (an app database whose workers are
+-- scheduled with cron.schedule_in_database()), version and the others are NULL and
+-- database_name names pg_cron's database. background_workers is NULL when unknown (the
+-- setting is superuser-only): a running pg_cron job of backend type 'pg_cron' shows it.
+CREATE OR REPLACE FUNCTION pgdispatch.cron_info(
+  OUT version text, OUT major integer, OUT minor integer,
+  OUT second_schedules boolean, OUT background_workers boolean, OUT database_name text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  SELECT e.extversion INTO version FROM pg_extension e WHERE e.extname = 'pg_cron';
+  BEGIN
+    database_name := current_setting('cron.database_name', true);
+  EXCEPTION WHEN insufficient_privilege THEN
+    database_name := NULL;
+  END;
+  database_name := coalesce(database_name, pgdispatch._cron_database(),
+                            CASE WHEN version IS NOT NULL THEN current_database() END);
+  IF version IS NULL THEN
+    IF database_name IS NULL OR database_name = current_database() THEN
+      RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = 'feature_not_supported',
+        HINT = 'Add pg_cron to shared_preload_libraries, restart PostgreSQL and run CREATE '
+               'EXTENSION pg_cron in the database named by cron.database_name.';
+    END IF;
+    RETURN;  -- pg_cron runs in another database: its version is not known here
+  END IF;
+  major := split_part(version, '.', 1)::integer;
+  minor := (regexp_match(split_part(version, '.', 2), '^[0-9]+'))[1]::integer;
+  second_schedules := (major, minor) >= (1, 5);
+  BEGIN
+    background_workers := coalesce(current_setting('cron.use_background_workers', true), 'off') = 'on';
+  EXCEPTION WHEN insufficient_privilege THEN
+    background_workers := CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity a
+                                             WHERE a.backend_type = 'pg_cron')
+                               THEN true END;
+  END;
+END
+$$;
+
+-- The workers' pg_cron schedule. From pg_cron 1.5 every second: the first worker starts
+-- within about a second of start(), and a worker that ends (its deadline, a crash) is
+-- followed at once (pg_cron queues one run of an interval job that is still running when
+-- it falls due, and starts it the moment the running one ends). pg_cron 1.4 has minute
+-- schedules only. In an app database the schedule is chosen in pg_cron's database (see
+-- cron_statements()); its workers use the minute rule for their deadline, which hands
+-- over as promptly on both versions.
+CREATE OR REPLACE FUNCTION pgdispatch._worker_schedule() RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT CASE WHEN (SELECT second_schedules FROM pgdispatch.cron_info())
+            THEN '1 seconds' ELSE '* * * * *' END
+$$;
+
+-- A role that cannot log in cannot have workers: pg_cron runs a job as the role that
+-- scheduled it, in a session of its own.
+CREATE FUNCTION pgdispatch._check_can_login() RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  IF NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = current_user) THEN
+    RAISE EXCEPTION 'pgdispatch: role % cannot log in, so no pg_cron worker can run its jobs',
+      current_user
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Dispatch from a SECURITY DEFINER function or trigger owned by a role that can '
+                   'log in (e.g. a dispatch trigger with security => definer); the job then runs '
+                   'as that owner.';
+  END IF;
+END
+$$;
+
+-- The number of workers start() uses: the argument, else the role's current number, else
+-- settings.default_workers.
+CREATE FUNCTION pgdispatch._worker_count(workers integer) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  n integer;
+BEGIN
+  SELECT coalesce(workers, (SELECT w.workers FROM pgdispatch.worker w WHERE w.role = current_user),
+                  (SELECT default_workers FROM pgdispatch.settings))
+    INTO n;
+  IF n < 1 OR n > 16 THEN
+    RAISE EXCEPTION 'pgdispatch: workers must be between 1 and 16 (got %)', n
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN n;
+END
+$$;
+
+-- Background workers: in pg_cron's background-worker mode every running pg_cron job,
+-- pgdispatch's long-lived workers and watchdogs included, holds one of
+-- max_worker_processes (shared with pg_cron's launcher, parallel query and logical
+-- replication). used counts the background workers alive now, pgdispatch_workers those
+-- of them that run pgdispatch, and free is what is left; max_running_jobs is pg_cron's
+-- own limit. Each is NULL when it cannot be known: other sessions' backend types are
+-- visible to superusers and members of pg_read_all_stats only, and pg_cron's settings to
+-- superusers and pg_read_all_settings. (Counts only: it runs as pgdispatch's owner, so
+-- that an owner who may see them answers for every role.)
+CREATE FUNCTION pgdispatch.worker_budget(
+  OUT max_worker_processes integer, OUT used integer, OUT free integer,
+  OUT pgdispatch_workers integer, OUT max_running_jobs integer)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  max_worker_processes := current_setting('max_worker_processes')::integer;
+  IF NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.backend_type IS NULL) THEN
+    -- background workers show their own backend type; these are PostgreSQL's other kinds
+    SELECT count(*),
+           count(*) FILTER (WHERE a.backend_type = 'pg_cron' AND a.query LIKE 'CALL pgdispatch.%')
+      INTO used, pgdispatch_workers
+      FROM pg_stat_activity a
+     WHERE a.backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker',
+                                  'archiver', 'background writer', 'checkpointer', 'startup',
+                                  'walreceiver', 'walsender', 'walwriter', 'standalone backend',
+                                  'logger', 'walsummarizer', 'slotsync worker', 'io worker',
+                                  'dead-end client backend', 'not initialized');
+    free := greatest(max_worker_processes - used, 0);
+  END IF;
+  BEGIN
+    max_running_jobs := current_setting('cron.max_running_jobs', true)::integer;
+  EXCEPTION WHEN insufficient_privilege THEN
+    max_running_jobs := NULL;
+  END;
+END
+$$;
+
+-- Refuse to start workers that could not run: in background-worker mode each of the
+-- role's n workers and its watchdog needs a background worker for as long as it lives.
+-- Workers of the role that run already are replaced, not added.
+CREATE FUNCTION pgdispatch._check_worker_budget(n integer) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  b record;
+  mine integer;
+  needed integer;
+  cron_running integer;
+BEGIN
+  b := pgdispatch.worker_budget();
+  SELECT count(*) INTO mine FROM pg_stat_activity a
+   WHERE a.backend_type = 'pg_cron' AND a.usename = current_user
+     AND a.datname = current_database() AND a.query LIKE 'CALL pgdispatch.%';
+  needed := n + 1 - mine;
+  IF b.free IS NULL THEN
+    RAISE NOTICE 'pgdispatch: cannot check that % worker(s) and a watchdog fit in '
+                 'max_worker_processes = %: other sessions'' backend types are hidden from %',
+                 n, b.max_worker_processes, (SELECT nspowner::regrole FROM pg_namespace
+                                             WHERE nspname = 'pgdispatch')
+      USING HINT = 'GRANT pg_read_all_stats to pgdispatch''s owner for this check.';
+  ELSIF needed > b.free THEN
+    RAISE EXCEPTION 'pgdispatch: % more background worker(s) needed for % worker(s) and a '
+                    'watchdog of role %, but only % of max_worker_processes = % are free',
+      needed, n, current_user, b.free, b.max_worker_processes
+      USING ERRCODE = 'configuration_limit_exceeded',
+            HINT = 'pg_cron runs in background-worker mode (cron.use_background_workers = on), '
+                   'where every long-lived pgdispatch worker and watchdog holds a background '
+                   'worker. Raise max_worker_processes (a restart; leave room for parallel query '
+                   'and logical replication), start fewer workers, or stop another role''s '
+                   'workers. See docs/operations.md#background-worker-mode.';
+  END IF;
+  SELECT count(*) INTO cron_running FROM pg_stat_activity a WHERE a.backend_type = 'pg_cron';
+  IF b.max_running_jobs IS NOT NULL AND cron_running - mine + n + 1 > b.max_running_jobs THEN
+    RAISE EXCEPTION 'pgdispatch: % worker(s) and a watchdog of role % would exceed '
+                    'cron.max_running_jobs = % (% pg_cron jobs run now)',
+      n, current_user, b.max_running_jobs, cron_running
+      USING ERRCODE = 'configuration_limit_exceeded',
+            HINT = 'Raise cron.max_running_jobs (a restart), or start fewer workers.';
+  END IF;
+END
+$$;
+
+-- Schedule (or re-schedule) the calling role's pg_cron workers and enable them.
+CREATE OR REPLACE FUNCTION pgdispatch.start(workers integer DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  info record;
+  n integer;
+  sched text;
+  jid bigint;
+BEGIN
+  info := pgdispatch.cron_info();
+  IF info.version IS NULL THEN
+    PERFORM pgdispatch._raise_cron_elsewhere(info.database_name, 'start');
+  END IF;
+  IF info.background_workers AND NOT info.second_schedules THEN
+    RAISE EXCEPTION 'pgdispatch: pg_cron % runs jobs in background-worker mode, where one long '
+                    'job blocks every other job', info.version
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'Set cron.use_background_workers = off (libpq mode, with cron.host and '
+                   'passwordless local connections) or upgrade pg_cron to 1.5 or later.';
+  END IF;
+  PERFORM pgdispatch._check_can_login();
+  n := pgdispatch._worker_count(workers);
+  IF info.background_workers THEN
+    PERFORM pgdispatch._check_worker_budget(n);
+  END IF;
+  sched := pgdispatch._worker_schedule();
+  INSERT INTO pgdispatch.worker AS w (workers, enabled, schedule)
+  VALUES (n, true, sched)
+  ON CONFLICT (role) DO UPDATE SET workers = excluded.workers, enabled = true,
+                                   schedule = excluded.schedule, updated_at = clock_timestamp();
+  FOR slot IN 1..n LOOP
+    PERFORM cron.schedule(format('pgdispatch:%s:%s', current_user, slot), sched,
+                          format('CALL pgdispatch.work(slot => %s)', slot));
+  END LOOP;
+  PERFORM cron.schedule(format('pgdispatch:%s:watchdog', current_user), sched,
+                        'CALL pgdispatch.watchdog()');
+  FOR jid IN
+    SELECT j.jobid FROM cron.job j
+     WHERE j.username = current_user AND j.jobname LIKE 'pgdispatch:%'
+       AND j.jobname <> format('pgdispatch:%s:watchdog', current_user)
+       AND NOT j.jobname = ANY (ARRAY(SELECT format('pgdispatch:%s:%s', current_user, s)
+                                        FROM generate_series(1, n) s))
+  LOOP
+    PERFORM cron.unschedule(jid);
+  END LOOP;
+  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+END
+$$;
+
+-- Unschedule the calling role's workers; running ones finish their batch and exit within
+-- about a second. Dispatching keeps queueing jobs; start() resumes.
+CREATE OR REPLACE FUNCTION pgdispatch.stop() RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  info record;
+  jid bigint;
+BEGIN
+  info := pgdispatch.cron_info();
+  IF info.version IS NULL THEN
+    PERFORM pgdispatch._raise_cron_elsewhere(info.database_name, 'stop');
+  END IF;
+  INSERT INTO pgdispatch.worker AS w (workers, enabled)
+  VALUES ((SELECT default_workers FROM pgdispatch.settings), false)
+  ON CONFLICT (role) DO UPDATE SET enabled = false, updated_at = clock_timestamp();
+  FOR jid IN
+    SELECT j.jobid FROM cron.job j
+     WHERE j.username = current_user AND j.jobname LIKE 'pgdispatch:%'
+  LOOP
+    PERFORM cron.unschedule(jid);
+  END LOOP;
+  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+END
+$$;
+
+-- The error for start()/stop() in a database that is not pg_cron's.
+CREATE FUNCTION pgdispatch._raise_cron_elsewhere(cron_database text, action text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RAISE EXCEPTION 'pgdispatch: pg_cron runs in database %, not in %: this database''s workers '
+                  'are scheduled there', cron_database, current_database()
+    USING ERRCODE = 'feature_not_supported',
+          HINT = format('Connected to %s as %s, run the statements that '
+                        'SELECT * FROM pgdispatch.cron_statements(%L) returns here (from Python: '
+                        'sa_pgdispatch.%s_workers(conn, cron_url=...); the CLI: --cron-url). '
+                        'They call cron.schedule_in_database(), whose EXECUTE an administrator '
+                        'grants once: GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text, '
+                        'text, text, text, text, boolean) TO %s.',
+                        cron_database, current_user, action, action, current_user);
+END
+$$;
+
+-- The pg_cron job name of a worker slot (or 'watchdog') of the calling role for this
+-- database, when its workers are scheduled from pg_cron's database.
+CREATE FUNCTION pgdispatch._remote_job_name(slot text) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT format('pgdispatch:%s:%s@%s', current_user, slot, current_database())
+$$;
+
+-- For an app database apart from pg_cron's: record what the calling role's workers
+-- should be (action 'start': enabled with `workers` slots; 'stop': disabled; 'uninstall':
+-- every role's, for removing pgdispatch) and return the statements that carry it out,
+-- to run in pg_cron's database as the same role, in order. They schedule the workers with
+-- cron.schedule_in_database() to run here (every second from pg_cron 1.5, every minute
+-- on 1.4: the statements choose), and unschedule the role's other pgdispatch jobs for
+-- this database.
+CREATE FUNCTION pgdispatch.cron_statements(action text DEFAULT 'start', workers integer DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  info record;
+  n integer;
+  db text := current_database();
+  names text[];
+  sched constant text := '(SELECT CASE WHEN string_to_array(split_part(e.extversion, ''-'', 1), '
+                         '''.'')::integer[] >= ''{1,5}'' THEN ''1 seconds'' ELSE ''* * * * *'' END '
+                         'FROM pg_extension e WHERE e.extname = ''pg_cron'')';
+BEGIN
+  info := pgdispatch.cron_info();
+  IF info.version IS NOT NULL THEN
+    RAISE EXCEPTION 'pgdispatch: pg_cron runs in this database (%): use pgdispatch.start() '
+                    'and pgdispatch.stop()', db
+      USING ERRCODE = 'feature_not_supported';
+  END IF;
+  IF action = 'stop' OR action = 'uninstall' THEN
+    INSERT INTO pgdispatch.worker AS w (workers, enabled)
+    VALUES ((SELECT default_workers FROM pgdispatch.settings), false)
+    ON CONFLICT (role) DO UPDATE SET enabled = false, updated_at = clock_timestamp();
+    -- (row level security on cron.job limits a role that is not a superuser to its own)
+    RETURN NEXT format('SELECT cron.unschedule(j.jobid) FROM cron.job j WHERE %sj.database = %L '
+                       'AND j.jobname LIKE ''pgdispatch:%%''',
+                       CASE WHEN action = 'stop' THEN 'j.username = current_user AND ' ELSE '' END,
+                       db);
+    RETURN;
+  ELSIF action IS DISTINCT FROM 'start' THEN
+    RAISE EXCEPTION 'pgdispatch: action must be start, stop or uninstall (got %)', action
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM pgdispatch._check_can_login();
+  n := pgdispatch._worker_count(workers);
+  INSERT INTO pgdispatch.worker AS w (workers, enabled, schedule)
+  VALUES (n, true, NULL)
+  ON CONFLICT (role) DO UPDATE SET workers = excluded.workers, enabled = true,
+                                   schedule = NULL, updated_at = clock_timestamp();
+  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  names := ARRAY(SELECT pgdispatch._remote_job_name(s::text) FROM generate_series(1, n) s)
+           || pgdispatch._remote_job_name('watchdog');
+  FOR slot IN 1..n LOOP
+    RETURN NEXT format('SELECT cron.schedule_in_database(%L, %s, %L, %L)',
+                       names[slot], sched, format('CALL pgdispatch.work(slot => %s)', slot), db);
+  END LOOP;
+  RETURN NEXT format('SELECT cron.schedule_in_database(%L, %s, %L, %L)',
+                     names[n + 1], sched, 'CALL pgdispatch.watchdog()', db);
+  RETURN NEXT format('SELECT cron.unschedule(j.jobid) FROM cron.job j WHERE j.username = current_user '
+                     'AND j.database = %L AND j.jobname LIKE ''pgdispatch:%%'' '
+                     'AND NOT j.jobname = ANY (%L::text[])', db, names);
+END
+$$;
+
+-- Make sure the calling role has workers, once per session and role. Raises a clear
+-- error for roles that cannot run a worker (NOLOGIN), and, in an app database apart from
+-- pg_cron's, for roles whose workers were never started from there.
+CREATE OR REPLACE FUNCTION pgdispatch._ensure_worker() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  info record;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pgdispatch.worker WHERE role = current_user) THEN
+    info := pgdispatch.cron_info();
+    IF info.version IS NULL THEN
+      PERFORM pgdispatch._check_can_login();
+      RAISE EXCEPTION 'pgdispatch: role % has no workers for database %, and they can only be '
+                      'started from pg_cron''s database %', current_user, current_database(),
+                      info.database_name
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = format('Connected to %s as %s, run the statements that SELECT * FROM '
+                            'pgdispatch.cron_statements(''start'') returns here (from Python: '
+                            'sa_pgdispatch.start_workers(conn, cron_url=...)).',
+                            info.database_name, current_user);
+    END IF;
+    PERFORM pgdispatch.start();
+  END IF;
+  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+END
+$$;
+
+-- pg_cron 1.5 replaced cron.unschedule(name) with cron.unschedule(text): grant whichever
+-- this pg_cron has. In an app database apart from pg_cron's nothing of pg_cron is here:
+-- the role's workers are started from pg_cron's database (cron_statements()).
+CREATE OR REPLACE FUNCTION pgdispatch.grant_usage(role_name name) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  r record;
+  cron_functions text;
+BEGIN
+  SELECT rolname, rolcanlogin INTO r FROM pg_roles WHERE rolname = role_name;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'pgdispatch: role % does not exist', role_name USING ERRCODE = 'undefined_object';
+  END IF;
+  EXECUTE format('GRANT USAGE ON SCHEMA pgdispatch TO %I', role_name);
+  EXECUTE format('GRANT SELECT, INSERT, DELETE, UPDATE (attempts, run_at, last_error) '
+                 'ON pgdispatch.job TO %I', role_name);
+  EXECUTE format('GRANT SELECT, INSERT, DELETE ON pgdispatch.job_history, '
+                 'pgdispatch.cancel_request TO %I', role_name);
+  EXECUTE format('GRANT SELECT, INSERT, UPDATE ON pgdispatch.worker TO %I', role_name);
+  EXECUTE format('GRANT SELECT, INSERT ON pgdispatch.definer_function TO %I', role_name);
+  EXECUTE format('GRANT SELECT ON pgdispatch.settings, pgdispatch.jobs, pgdispatch.meta TO %I', role_name);
+  EXECUTE format('GRANT USAGE ON SEQUENCE pgdispatch.job_id_seq TO %I', role_name);
+  EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgdispatch TO %I', role_name);
+  EXECUTE format('GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA pgdispatch TO %I', role_name);
+  IF NOT r.rolcanlogin THEN
+    RAISE NOTICE 'pgdispatch: role % cannot log in: it can dispatch only through SECURITY DEFINER '
+                 'functions or definer dispatch triggers owned by a login role', role_name;
+  END IF;
+  IF (SELECT version FROM pgdispatch.cron_info()) IS NULL THEN
+    RAISE NOTICE 'pgdispatch: pg_cron runs in another database: start the workers of % from there '
+                 '(run the statements of SELECT * FROM pgdispatch.cron_statements() as %, in '
+                 'pg_cron''s database as %)', role_name, role_name, role_name;
+    RETURN;
+  END IF;
+  SELECT string_agg(f::regprocedure::text, ', ') INTO cron_functions
+    FROM unnest(ARRAY[to_regprocedure('cron.schedule(text,text,text)'),
+                      to_regprocedure('cron.unschedule(bigint)'),
+                      to_regprocedure('cron.unschedule(name)'),
+                      to_regprocedure('cron.unschedule(text)')]) f
+   WHERE f IS NOT NULL;
+  IF NOT has_schema_privilege(role_name, 'cron', 'USAGE')
+     OR EXISTS (SELECT 1 FROM unnest(string_to_array(cron_functions, ', ')) f
+                 WHERE NOT has_function_privilege(role_name, f, 'EXECUTE')) THEN
+    BEGIN
+      EXECUTE format('GRANT USAGE ON SCHEMA cron TO %I', role_name);
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', cron_functions, role_name);
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE WARNING 'pgdispatch: % could not grant USAGE on schema cron to %', current_user, role_name
+        USING HINT = format('Ask a superuser to run: GRANT USAGE ON SCHEMA cron TO %I; without it %s '
+                            'cannot start workers and its dispatches fail.', role_name, role_name);
+    END;
+    IF NOT has_schema_privilege(role_name, 'cron', 'USAGE') THEN
+      RAISE WARNING 'pgdispatch: role % has no USAGE on schema cron', role_name
+        USING HINT = format('Ask a superuser to run: GRANT USAGE ON SCHEMA cron TO %I', role_name);
+    END IF;
+  END IF;
+END
+$$;
+
 -- New functions: nobody by default, and every role that could dispatch before.
 REVOKE ALL ON FUNCTION pgdispatch.prune(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgdispatch._poll_interval(pgdispatch.settings, timestamptz, timestamptz)
   FROM PUBLIC;
 REVOKE ALL ON PROCEDURE pgdispatch.work(integer, boolean, interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgdispatch._cron_database(), pgdispatch._check_can_login(),
+  pgdispatch._worker_count(integer), pgdispatch.worker_budget(),
+  pgdispatch._check_worker_budget(integer), pgdispatch._raise_cron_elsewhere(text, text),
+  pgdispatch._remote_job_name(text), pgdispatch.cron_statements(text, integer) FROM PUBLIC;
 DO $grants$
 DECLARE
   r name;
@@ -914,6 +1357,11 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch._poll_interval(pgdispatch.settings, '
                    'timestamptz, timestamptz) TO %I', r);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE pgdispatch.work(integer, boolean, interval, integer) TO %I', r);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch._cron_database(), '
+                   'pgdispatch._check_can_login(), pgdispatch._worker_count(integer), '
+                   'pgdispatch.worker_budget(), pgdispatch._check_worker_budget(integer), '
+                   'pgdispatch._raise_cron_elsewhere(text, text), pgdispatch._remote_job_name(text), '
+                   'pgdispatch.cron_statements(text, integer) TO %I', r);
   END LOOP;
 END
 $grants$;

@@ -19,8 +19,15 @@
 
 DO $check$
 BEGIN
-  IF to_regnamespace('cron') IS NULL
-     OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+  -- pg_cron in this database, or (an app database) pg_cron's launcher running for another
+  -- database of this server, which runs this database's workers through
+  -- cron.schedule_in_database()
+  IF (to_regnamespace('cron') IS NULL
+      OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'))
+     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                      WHERE (a.backend_type = 'pg_cron launcher'
+                             OR a.application_name = 'pg_cron scheduler')
+                        AND a.datname IS DISTINCT FROM current_database()) THEN
     RAISE EXCEPTION 'pgdispatch needs the pg_cron extension in this database'
       USING ERRCODE = 'feature_not_supported',
             HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this '
@@ -28,8 +35,9 @@ BEGIN
                    '(Debian: apt-get install postgresql-15-cron; Supabase/RDS: enable the '
                    'pg_cron extension).';
   END IF;
-  IF (pg_has_role('pg_read_all_settings', 'USAGE') OR
-      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))
+  IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')
+     AND (pg_has_role('pg_read_all_settings', 'USAGE') OR
+          (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))
      AND current_setting('cron.database_name', true) IS DISTINCT FROM current_database() THEN
     RAISE EXCEPTION 'pgdispatch must be installed in database %, where pg_cron runs its jobs',
       coalesce(current_setting('cron.database_name', true), 'postgres')

@@ -34,6 +34,7 @@ __all__ = [
     "NotInstalled",
     "PermissionDenied",
     "PgDispatchError",
+    "WorkerError",
 ]
 
 
@@ -123,6 +124,11 @@ class JobCancelled(_JobError):
 
     def __init__(self, job: Job) -> None:
         super().__init__(job, f"pgdispatch job {job.id} was cancelled")
+
+
+class WorkerError(PgDispatchError):
+    """A role's pg_cron workers cannot be started or stopped as asked (pg_cron's database
+    unreachable, a missing grant on pg_cron's functions, no room for background workers)."""
 
 
 class DrainError(PgDispatchError):

@@ -14,15 +14,15 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from functools import cache
-from typing import Any, TypeAlias
+from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 
+from ._connections import Connectable, raw_connection
 from ._resources import sql_dir
+from .workers import cron_statements, run_in_cron_database, unschedule_for_uninstall
 
 __all__ = [
     "Connectable",
@@ -38,8 +38,6 @@ __all__ = [
     "upgrade_path",
     "upgrade_sql",
 ]
-
-Connectable: TypeAlias = "sa.Connection | sa.Engine | psycopg.Connection[Any]"
 
 _INSTALL_RE = re.compile(r"^pgdispatch--(\d+\.\d+\.\d+)\.sql$")
 _UPGRADE_RE = re.compile(r"^pgdispatch--(\d+\.\d+\.\d+)--(\d+\.\d+\.\d+)\.sql$")
@@ -139,32 +137,9 @@ def uninstall_sql(*, force: bool = False) -> str:
     )
 
 
-@contextmanager
-def _raw(conn: Connectable) -> Iterator[psycopg.Connection[Any]]:
+def _raw(conn: Connectable) -> AbstractContextManager[psycopg.Connection[Any]]:
     """The psycopg connection behind ``conn``, inside a transaction."""
-    if isinstance(conn, sa.Engine):
-        with conn.begin() as sa_conn, _raw(sa_conn) as raw:
-            yield raw
-        return
-    if isinstance(conn, sa.Connection):
-        if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
-            raise InstallError(
-                "sa_pgdispatch needs PostgreSQL through psycopg 3 "
-                f"(postgresql+psycopg://...), not {conn.dialect.name}+{conn.dialect.driver}"
-            )
-        if not conn.in_transaction():
-            conn.begin()
-        driver = conn.connection.driver_connection
-        if not isinstance(driver, psycopg.Connection):
-            raise InstallError("sa_pgdispatch needs a psycopg 3 (sync) connection")
-        yield driver
-        return
-    if isinstance(conn, psycopg.Connection):
-        yield conn
-        return
-    raise TypeError(
-        f"expected a SQLAlchemy Connection/Engine or a psycopg Connection, got {conn!r}"
-    )
+    return raw_connection(conn, InstallError)
 
 
 def _run(raw: psycopg.Connection[Any], script: str) -> None:
@@ -195,13 +170,23 @@ def _lock(raw: psycopg.Connection[Any]) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
 
 
-def install(conn: Connectable, *, version: str | None = None, workers: int | None = 1) -> str:
+def install(
+    conn: Connectable,
+    *,
+    version: str | None = None,
+    workers: int | None = 1,
+    cron_url: str | None = None,
+) -> str:
     """Install pgdispatch (or upgrade an older install) and return the installed version.
 
     Idempotent: when ``version`` (default: the latest) is already installed, nothing is
     done. An older install is upgraded in place with the versioned upgrade scripts,
     keeping its queued jobs. A fresh install starts ``workers`` pg_cron workers for the
     installing role (``workers=None`` or 0: none; the first dispatch starts them).
+
+    In a database other than pg_cron's (an app database), pass ``cron_url``: a URL of
+    pg_cron's database (``cron.database_name``) for the same role; the workers are
+    scheduled there with ``cron.schedule_in_database()`` to run in this database.
     """
     target = version or latest_version()
     if target not in available_versions():
@@ -212,7 +197,9 @@ def install(conn: Connectable, *, version: str | None = None, workers: int | Non
         if current == target:
             return target
         if current is None:
-            _run(raw, install_sql(target, workers=workers))
+            _run(raw, install_sql(target, workers=None))
+            if workers:
+                _start_after_install(raw, workers, cron_url)
         elif _key(current) < _key(target):
             _run(raw, upgrade_sql(current, target))
         else:
@@ -221,6 +208,33 @@ def install(conn: Connectable, *, version: str | None = None, workers: int | Non
                 "downgrades are not supported"
             )
         return target
+
+
+def _cron_database(raw: psycopg.Connection[Any]) -> str | None:
+    """pg_cron's database when it is not this one (an app database), else None."""
+    with raw.cursor() as cur:
+        cur.execute("SELECT version IS NULL, database_name FROM pgdispatch.cron_info()")
+        row = cur.fetchone()
+    return str(row[1]) if row and row[0] else None
+
+
+def _start_after_install(raw: psycopg.Connection[Any], workers: int, cron_url: str | None) -> None:
+    cron_db = _cron_database(raw)
+    if cron_db is None:
+        if cron_url is not None:
+            raise InstallError(
+                "pg_cron runs in this database: leave cron_url out (it is for app databases "
+                "apart from pg_cron's)"
+            )
+        _run(raw, f"SELECT pgdispatch.start({int(workers)});\n")
+        return
+    if cron_url is None:
+        raise InstallError(
+            f"pg_cron runs in database {cron_db}, not in this one: pass cron_url (a URL of "
+            f"{cron_db} for the same role) so that the workers are scheduled there, or install "
+            "with workers=None and start them later (sa_pgdispatch.start_workers)"
+        )
+    run_in_cron_database(raw, cron_url, cron_statements(raw, "start", workers))
 
 
 def upgrade(conn: Connectable, to_version: str | None = None) -> str:
@@ -236,23 +250,42 @@ def upgrade(conn: Connectable, to_version: str | None = None) -> str:
         return target
 
 
-def uninstall(conn: Connectable, *, force: bool = False) -> bool:
+def uninstall(conn: Connectable, *, force: bool = False, cron_url: str | None = None) -> bool:
     """Remove pgdispatch: its schema, its pg_cron jobs, its definer trigger functions.
 
     Refuses (``InstallError``) while unfinished jobs or dispatch triggers exist, unless
-    ``force``. Returns False when pgdispatch was not installed.
+    ``force``. Returns False when pgdispatch was not installed. In an app database apart
+    from pg_cron's, ``cron_url`` (pg_cron's database, same role) is where its workers
+    are unscheduled; without it, uninstall refuses while workers are scheduled.
     """
     with _raw(conn) as raw:
         _lock(raw)
         if _installed(raw) is None:
             return False
+        cron_db = _cron_database(raw)
+        if cron_db is not None and cron_url is None and _scheduled_workers(raw):
+            raise InstallError(
+                f"pg_cron runs in database {cron_db}, where this database's workers are "
+                f"scheduled: pass cron_url (a URL of {cron_db}) so that they are removed "
+                "too, or stop them first"
+            )
         try:
-            _run(raw, uninstall_sql(force=force))
+            _run(raw, f"SELECT pgdispatch.prepare_uninstall(force => {str(force).lower()});")
         except psycopg.errors.ObjectInUse as exc:
             raise InstallError(_message(exc)) from exc
         except psycopg.errors.DependentObjectsStillExist as exc:
             raise InstallError(_message(exc)) from exc
+        if cron_db is not None and cron_url is not None:
+            unschedule_for_uninstall(raw, cron_url)
+        _run(raw, "DROP SCHEMA pgdispatch CASCADE;\n")
         return True
+
+
+def _scheduled_workers(raw: psycopg.Connection[Any]) -> int:
+    with raw.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pgdispatch.worker WHERE enabled")
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _message(exc: psycopg.Error) -> str:
