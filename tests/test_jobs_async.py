@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from sa_pgdispatch.errors import (
@@ -17,6 +19,7 @@ from sa_pgdispatch.errors import (
     JobNotFinished,
     JobNotFound,
     JobTimeout,
+    PermissionDenied,
     PgDispatchError,
 )
 from sa_pgdispatch.jobs import JobState
@@ -155,3 +158,87 @@ async def test_list_and_stats(engine: AsyncEngine) -> None:
     assert s.counts[JobState.FAILED] == 1
     assert s.finished_last_minute == 2
     assert s.p50_run_time is not None
+
+
+@pytest.fixture
+async def asyncpg_engine(
+    pgdispatch_server: PgServer, pgdispatch_role: Callable[..., str]
+) -> AsyncIterator[AsyncEngine]:
+    """The same as ``engine``, through asyncpg (``postgresql+asyncpg://``)."""
+    pytest.importorskip("asyncpg")
+    role = pgdispatch_role("apgjobs")
+    url = pgdispatch_server.connect_url(user=role).replace(
+        "postgresql+psycopg://", "postgresql+asyncpg://"
+    )
+    eng = create_async_engine(url)
+    async with eng.begin() as conn:
+        await conn.execute(text("SELECT pgdispatch.stop()"))
+    yield eng
+    await eng.dispose()
+
+
+async def test_every_function_over_asyncpg(asyncpg_engine: AsyncEngine) -> None:
+    eng = asyncpg_engine
+    ok = await dispatch(eng, "SELECT 1.5::numeric AS x, now() AS t", capture=True)
+    bad = await dispatch(eng, FAILING)
+    late = await dispatch(eng, "SELECT 1", delay=timedelta(hours=1))
+    # drain_async is psycopg-only: run the jobs through a psycopg engine of the same role
+    psycopg_engine = create_async_engine(
+        eng.url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    )
+    try:
+        assert await drain_async(psycopg_engine) == 2
+    finally:
+        await psycopg_engine.dispose()
+    async with eng.connect() as conn:
+        s = await jobs.stats(conn, window=timedelta(minutes=1))
+        assert s.counts[JobState.SUCCEEDED] == 1
+        assert s.counts[JobState.FAILED] == 1
+        assert s.counts[JobState.QUEUED] == 1
+        assert s.window == timedelta(minutes=1)
+        assert s.p50_run_time is not None
+        # the transaction is still usable after stats()
+        assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+        job = await jobs.get(conn, ok)
+        assert job.state is JobState.SUCCEEDED
+        assert (await jobs.result(conn, ok))[0]["x"] == Decimal("1.5")
+        assert [j.id for j in await jobs.list_jobs(conn, limit=10)] == [late, bad, ok]
+        assert [j.id for j in await jobs.list_jobs(conn, state="failed")] == [bad]
+        with pytest.raises(JobFailed, match="boom"):
+            await jobs.wait(conn, bad, raise_on_failure=True)
+        with pytest.raises(JobTimeout):  # polls in the transaction (isolation checked)
+            await jobs.wait(conn, late, timeout=0.2)
+        assert await jobs.cancel(conn, late) is True
+        await conn.commit()
+    assert (await jobs.get(eng, late)).state is JobState.CANCELLED
+    assert (await jobs.stats(eng)).counts[JobState.CANCELLED] == 1
+
+
+async def test_errors_over_asyncpg(asyncpg_engine: AsyncEngine) -> None:
+    with pytest.raises(JobNotFound):
+        await jobs.cancel(asyncpg_engine, 2_000_000_002)
+    with pytest.raises(JobNotFound):
+        await jobs.get(asyncpg_engine, 2_000_000_002)
+    with pytest.raises(ValueError, match="limit"):
+        await jobs.list_jobs(asyncpg_engine, limit=0)
+
+
+async def test_permission_denied_over_asyncpg(
+    pgdispatch_db: Engine, pgdispatch_server: PgServer
+) -> None:
+    pytest.importorskip("asyncpg")
+    role = f"nousage_{uuid.uuid4().hex[:8]}"
+    with pgdispatch_db.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    url = pgdispatch_server.connect_url(user=role).replace("+psycopg", "+asyncpg")
+    eng = create_async_engine(url)
+    try:
+        with pytest.raises(PermissionDenied) as info:
+            await jobs.stats(eng)
+        # the server's message, not the driver's exception class
+        assert str(info.value).startswith("permission denied for ")
+        assert "grant_usage" in str(info.value)
+    finally:
+        await eng.dispose()
+        with pgdispatch_db.begin() as conn:
+            conn.execute(text(f'DROP ROLE "{role}"'))

@@ -211,6 +211,9 @@ UNCOMMITTED = sa.text(
 STATS = sa.text(
     """
     WITH now AS (SELECT clock_timestamp() AS t),
+    -- typed explicitly: asyncpg has the server infer a parameter's type, and
+    -- `now.t - $1` alone reads as timestamptz - timestamptz
+    w AS (SELECT CAST(:window AS interval) AS span),
     j AS (SELECT state, run_at, started_at, finished_at FROM pgdispatch.jobs)
     SELECT
       count(*) FILTER (WHERE j.state = 'queued') AS queued,
@@ -225,14 +228,14 @@ STATS = sa.text(
         AS finished_last_minute,
       percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP
         (ORDER BY extract(epoch FROM j.finished_at - j.started_at))
-        FILTER (WHERE j.started_at IS NOT NULL AND j.finished_at >= now.t - :window)
+        FILTER (WHERE j.started_at IS NOT NULL AND j.finished_at >= now.t - w.span)
         AS run_time,
       percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP
         (ORDER BY extract(epoch FROM j.started_at - j.run_at))
-        FILTER (WHERE j.started_at IS NOT NULL AND j.finished_at >= now.t - :window)
+        FILTER (WHERE j.started_at IS NOT NULL AND j.finished_at >= now.t - w.span)
         AS start_latency
-    FROM j CROSS JOIN now
-    GROUP BY now.t
+    FROM j CROSS JOIN now CROSS JOIN w
+    GROUP BY now.t, w.span
     """
 )
 

@@ -1,6 +1,6 @@
 """The job API for asyncio: the functions of :mod:`sa_pgdispatch.jobs`, awaitable, over
 ``AsyncConnection``, ``AsyncSession`` or ``AsyncEngine`` (``postgresql+psycopg://``
-works for both sync and async engines)::
+works for both sync and async engines; ``postgresql+asyncpg://`` works too)::
 
     from sa_pgdispatch.jobs import aio as jobs
 
