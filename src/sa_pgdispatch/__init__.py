@@ -4,6 +4,8 @@ The dispatcher itself is SQL (schema ``pgdispatch``, see docs/sql-api.md); this 
 installs it and makes it native to SQLAlchemy and Alembic:
 
 * :func:`install` / :func:`upgrade` / :func:`uninstall` - the SQL schema, versioned.
+* :func:`start_workers` / :func:`stop_workers` / :func:`worker_budget` - a role's pg_cron
+  workers (also from pg_cron's database, for an app database: ``cron_url``).
 * ``func.pgdispatch.*`` - typed SQL functions (registered on import).
 * :func:`fire` / :func:`snooze` / :func:`dispatch` - dispatch a SQLAlchemy statement.
 * :class:`DispatchTrigger` - declarative dispatch triggers for models and tables.
@@ -28,6 +30,7 @@ from .errors import (
     NotInstalled,
     PermissionDenied,
     PgDispatchError,
+    WorkerError,
 )
 from .functions import VOID
 from .install import (
@@ -60,6 +63,7 @@ from .triggers import (
     old_row,
     reflect_dispatch_triggers,
 )
+from .workers import WorkerBudget, start_workers, stop_workers, worker_budget
 
 __version__ = "0.1.0"
 
@@ -86,6 +90,8 @@ __all__ = [
     "PermissionDenied",
     "PgDispatchError",
     "PgDispatchNotInstalledError",
+    "WorkerBudget",
+    "WorkerError",
     "__version__",
     "available_versions",
     "create_dispatch_trigger_ddl",
@@ -105,8 +111,11 @@ __all__ = [
     "reflect_dispatch_triggers",
     "render_sql",
     "snooze",
+    "start_workers",
+    "stop_workers",
     "uninstall",
     "uninstall_sql",
     "upgrade",
     "upgrade_sql",
+    "worker_budget",
 ]
