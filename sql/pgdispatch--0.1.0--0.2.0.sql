@@ -927,12 +927,14 @@ $$;
 
 -- pg_cron facts. In a database other than pg_cron's (an app database whose workers are
 -- scheduled with cron.schedule_in_database()), version and the others are NULL and
--- database_name names pg_cron's database. background_workers is NULL when unknown (the
--- setting is superuser-only): a running pg_cron job of backend type 'pg_cron' shows it.
+-- database_name names pg_cron's database. pg_cron's settings are readable by superusers
+-- and pg_read_all_settings only: this runs as pgdispatch's owner, so that the owner's
+-- view answers for every role; when it cannot read them either, background_workers comes
+-- from the backend types of running pg_cron jobs (NULL when none shows).
 CREATE OR REPLACE FUNCTION pgdispatch.cron_info(
   OUT version text, OUT major integer, OUT minor integer,
   OUT second_schedules boolean, OUT background_workers boolean, OUT database_name text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   SELECT e.extversion INTO version FROM pg_extension e WHERE e.extname = 'pg_cron';
   BEGIN
@@ -958,7 +960,11 @@ BEGIN
   EXCEPTION WHEN insufficient_privilege THEN
     background_workers := CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity a
                                              WHERE a.backend_type = 'pg_cron')
-                               THEN true END;
+                               THEN true
+                               WHEN EXISTS (SELECT 1 FROM pg_stat_activity a
+                                             WHERE a.application_name = 'pg_cron'
+                                               AND a.backend_type = 'client backend')
+                               THEN false END;
   END;
 END
 $$;

@@ -1,0 +1,128 @@
+"""pg_cron's background-worker mode: each long-lived worker and watchdog holds a
+background worker, and start() refuses workers that would not fit instead of leaving
+jobs unserved. Runs a server of its own with few background workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, exc
+
+from sa_pgdispatch.errors import WorkerError
+from sa_pgdispatch.install import install
+from sa_pgdispatch.testing.server import EphemeralPostgres
+from sa_pgdispatch.workers import start_workers, worker_budget
+
+from .conftest import rows, run
+
+pytestmark = pytest.mark.cron
+
+
+@pytest.fixture(scope="module")
+def bgw_server() -> Iterator[EphemeralPostgres]:
+    # 6 background workers: pg_cron's launcher and the logical replication launcher
+    # take 2, which leaves 4 (two roles with one worker and a watchdog each).
+    settings = {"max_worker_processes": "6", "cron.max_running_jobs": "20"}
+    with EphemeralPostgres(cron_mode="bgw", settings=settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def owner(bgw_server: EphemeralPostgres) -> Iterator[Engine]:
+    engine = create_engine(bgw_server.url)
+    with engine.begin() as conn:
+        install(conn, workers=None)
+    for name in ("role_a", "role_b", "role_c"):
+        run(engine, f"CREATE ROLE {name} LOGIN")
+        run(engine, f"GRANT USAGE ON SCHEMA cron TO {name}")
+        run(engine, f"GRANT CREATE ON SCHEMA public TO {name}")
+        run(engine, "SELECT pgdispatch.grant_usage(:r)", r=name)
+    yield engine
+    engine.dispose()
+
+
+def _pg_cron_at_least_1_5(engine: Engine) -> bool:
+    version = run(engine, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'")
+    return tuple(int(p) for p in version.split("-")[0].split(".")[:2]) >= (1, 5)
+
+
+def _running_workers(engine: Engine, role: str) -> int:
+    return int(
+        run(
+            engine,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_cron'"
+            " AND usename = :r AND query LIKE 'CALL pgdispatch.%'",
+            r=role,
+        )
+    )
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_start_refuses_workers_beyond_max_worker_processes(
+    bgw_server: EphemeralPostgres, owner: Engine
+) -> None:
+    engines = {r: create_engine(bgw_server.connect_url(user=r)) for r in ("role_a", "role_b")}
+    try:
+        if not _pg_cron_at_least_1_5(owner):
+            # pg_cron 1.4's launcher blocks on a long job in this mode: refused outright
+            with pytest.raises(WorkerError, match="background-worker mode"):
+                start_workers(engines["role_a"], 1)
+            return
+        budget = worker_budget(owner)
+        assert budget.max_worker_processes == 6
+        assert budget.free == 4, budget
+
+        start_workers(engines["role_a"], 1)  # a worker and a watchdog: 2 of the 4
+        assert _wait(lambda: _running_workers(owner, "role_a") == 2, 15)
+        budget = worker_budget(owner)
+        assert (budget.free, budget.pgdispatch_workers) == (2, 2), budget
+
+        with pytest.raises(WorkerError, match="max_worker_processes = 6") as refused:
+            start_workers(engines["role_b"], 2)  # needs 3
+        assert "3 more background worker(s) needed" in str(refused.value)
+        assert rows(engines["role_b"], "SELECT jobname FROM cron.job") == []
+
+        # restarting role_a's workers replaces them: no extra room needed
+        start_workers(engines["role_a"], 1)
+        start_workers(engines["role_b"], 1)  # exactly the 2 left
+        assert _wait(lambda: _running_workers(owner, "role_b") == 2, 15)
+        run(engines["role_b"], "CREATE TABLE IF NOT EXISTS public.b_ran (at timestamptz)")
+        run(
+            engines["role_b"],
+            "SELECT pgdispatch.fire('INSERT INTO public.b_ran VALUES (clock_timestamp())')",
+        )
+        assert _wait(lambda: run(engines["role_b"], "SELECT count(*) FROM public.b_ran"), 10)
+        assert worker_budget(owner).free == 0
+    finally:
+        for role, engine in engines.items():
+            try:
+                run(engine, "SELECT pgdispatch.stop()")
+            except exc.DBAPIError:
+                pass
+            engine.dispose()
+            _wait(lambda r=role: _running_workers(owner, r) == 0, 15)  # type: ignore[misc]
+
+
+def test_a_role_that_may_not_see_other_sessions_gets_the_owners_count(
+    bgw_server: EphemeralPostgres, owner: Engine
+) -> None:
+    """worker_budget() runs as pgdispatch's owner: a plain role gets real numbers."""
+    engine = create_engine(bgw_server.connect_url(user="role_c"))
+    try:
+        seen = worker_budget(engine)
+        assert seen.max_worker_processes == 6
+        assert seen.used is not None and seen.free is not None
+        assert seen.used + seen.free == 6
+    finally:
+        engine.dispose()
