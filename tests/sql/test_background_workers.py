@@ -4,6 +4,7 @@ jobs unserved. Runs a server of its own with few background workers."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -106,10 +107,8 @@ def test_start_refuses_workers_beyond_max_worker_processes(
         assert worker_budget(owner).free == 0
     finally:
         for role, engine in engines.items():
-            try:
+            with contextlib.suppress(exc.DBAPIError):
                 run(engine, "SELECT pgdispatch.stop()")
-            except exc.DBAPIError:
-                pass
             engine.dispose()
             _wait(lambda r=role: _running_workers(owner, r) == 0, 15)  # type: ignore[misc]
 
@@ -122,7 +121,8 @@ def test_a_role_that_may_not_see_other_sessions_gets_the_owners_count(
     try:
         seen = worker_budget(engine)
         assert seen.max_worker_processes == 6
-        assert seen.used is not None and seen.free is not None
+        assert seen.used is not None
+        assert seen.free is not None
         assert seen.used + seen.free == 6
     finally:
         engine.dispose()
