@@ -13,10 +13,14 @@ from sa_pgdispatch.testing.errors import PgCronNotFound, PostgresNotFound
 
 __all__ = [
     "ENV_PG_BIN",
+    "control_default_version",
     "find_postgres_bin",
+    "has_pg_tle",
     "pg_cron_control_file",
+    "pg_cron_default_version",
     "pg_major",
     "pg_sharedir",
+    "pg_tle_control_file",
     "require_pg_cron",
 ]
 
@@ -151,3 +155,35 @@ def require_pg_cron(bin_dir: Path) -> Path:
         "(or run scripts/bootstrap.sh). Alternatively use an existing server that preloads "
         "pg_cron: SA_PGDISPATCH_TEST_DSN=postgresql://... (the sa-pgdispatch command takes --url)."
     )
+
+
+def pg_tle_control_file(bin_dir: Path) -> Path:
+    """Where ``pg_tle.control`` is when pg_tle is installed for *bin_dir*'s installation."""
+    return pg_sharedir(bin_dir) / "extension" / "pg_tle.control"
+
+
+def has_pg_tle(bin_dir: Path) -> bool:
+    """Whether pg_tle is installed for the installation in *bin_dir*."""
+    return pg_tle_control_file(bin_dir).is_file()
+
+
+_DEFAULT_VERSION = re.compile(r"^\s*default_version\s*=\s*'([^']*)'", re.MULTILINE)
+
+
+def control_default_version(control: Path) -> str | None:
+    """``default_version`` of an extension control file, or ``None`` (missing/unreadable)."""
+    try:
+        text = control.read_text()
+    except OSError:
+        return None
+    match = _DEFAULT_VERSION.search(text)
+    return match.group(1) if match else None
+
+
+def pg_cron_default_version(bin_dir: Path) -> str | None:
+    """The pg_cron version ``CREATE EXTENSION pg_cron`` installs for *bin_dir*, or ``None``.
+
+    This is the extension's SQL version (``1.6`` for pg_cron 1.6.0 to 1.6.7), which is
+    what ``pg_extension.extversion`` shows; patch releases do not change it.
+    """
+    return control_default_version(pg_cron_control_file(bin_dir))

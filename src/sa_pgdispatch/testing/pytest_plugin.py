@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, create_engine
 
+from sa_pgdispatch.testing.binaries import find_postgres_bin, pg_cron_default_version, pg_major
 from sa_pgdispatch.testing.errors import BackendUnavailable, HarnessError
 from sa_pgdispatch.testing.fixtures import (  # re-exported: the plugin provides them
     pgdispatch_db,
@@ -31,7 +32,7 @@ from sa_pgdispatch.testing.fixtures import (  # re-exported: the plugin provides
     pgdispatch_role,
 )
 from sa_pgdispatch.testing.provision import BACKENDS, provision_server, resolve_backend
-from sa_pgdispatch.testing.server import PgServer
+from sa_pgdispatch.testing.server import PgServer, resolve_cron_mode
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,7 +57,22 @@ def pytest_report_header(config: pytest.Config) -> str:
         backend = resolve_backend(option)
     except HarnessError as exc:
         return f"sa_pgdispatch: {exc}"
-    return f"sa_pgdispatch: test server backend {backend}"
+    header = f"sa_pgdispatch: test server backend {backend}"
+    if backend == "ephemeral":
+        header += _ephemeral_header()
+    return header
+
+
+def _ephemeral_header() -> str:
+    """The bin dir, PostgreSQL major, pg_cron version and cron mode ephemeral servers use."""
+    try:
+        bin_dir = find_postgres_bin()
+        major = pg_major(bin_dir)
+        cron_version = pg_cron_default_version(bin_dir) or "missing"
+        mode = resolve_cron_mode()
+    except HarnessError as exc:
+        return f" ({exc})"
+    return f", PostgreSQL {major} at {bin_dir}, pg_cron {cron_version}, cron mode {mode}"
 
 
 @pytest.fixture(scope="session")

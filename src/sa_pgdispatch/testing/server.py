@@ -29,28 +29,52 @@ from urllib.parse import quote, urlencode
 import psycopg
 from psycopg import conninfo
 
-from sa_pgdispatch.testing.binaries import find_postgres_bin, pg_major, require_pg_cron
+from sa_pgdispatch.testing.binaries import (
+    find_postgres_bin,
+    has_pg_tle,
+    pg_cron_default_version,
+    pg_major,
+    require_pg_cron,
+)
 from sa_pgdispatch.testing.errors import HarnessError
 
 __all__ = [
+    "CRON_MODES",
+    "ENV_CRON_MODE",
     "ENV_TEST_DSN",
     "HARNESS_USER",
     "TEMP_PREFIX",
+    "CronMode",
     "EphemeralPostgres",
     "ExistingServer",
     "PgServer",
     "StopMode",
+    "resolve_cron_mode",
     "server_from_env",
 ]
 
 #: Environment variable with a libpq DSN of an existing server to test against.
 ENV_TEST_DSN = "SA_PGDISPATCH_TEST_DSN"
+#: Environment variable choosing how pg_cron runs jobs on ephemeral servers: ``libpq``
+#: (default: a client connection per job, over ``cron.host``) or ``bgw`` (background
+#: workers, ``cron.use_background_workers = on``, as managed services run it).
+ENV_CRON_MODE = "SA_PGDISPATCH_CRON_MODE"
 #: Unprivileged OS user the server runs as when the harness runs as root.
 HARNESS_USER = "sa_pgdispatch"
 #: Prefix of the temporary directories holding ephemeral clusters.
 TEMP_PREFIX = "sa-pgdispatch-"
 
 StopMode = Literal["smart", "fast", "immediate"]
+CronMode = Literal["libpq", "bgw"]
+#: The values of :data:`ENV_CRON_MODE` / ``EphemeralPostgres(cron_mode=...)``.
+CRON_MODES: tuple[CronMode, ...] = ("libpq", "bgw")
+
+# bgw mode: every running job and every long-lived worker of the tests is a background
+# worker, and they count against max_worker_processes (default 8, shared with parallel
+# query). pg_cron caps cron.max_running_jobs at max_worker_processes - 1.
+_BGW_MAX_WORKER_PROCESSES = 64
+_BGW_MAX_RUNNING_JOBS = 60
+_BGW_SPARE_WORKERS = 4  # launcher + a few parallel-query/other workers
 
 _SUPERUSER = "postgres"
 _CONF_FILE = "sa_pgdispatch.conf"
@@ -162,10 +186,31 @@ def _redacted(dsn: str) -> str:
     return _build_uri("postgresql", {k: str(v) for k, v in params.items() if v is not None})
 
 
-def _check_pg_cron(dsn: str, *, create: bool) -> str:
+def resolve_cron_mode(mode: str | None = None) -> CronMode:
+    """*mode*, else ``$SA_PGDISPATCH_CRON_MODE``, else ``libpq``; checked."""
+    source = "cron_mode"
+    if mode is None:
+        mode = os.environ.get(ENV_CRON_MODE) or None
+        source = f"${ENV_CRON_MODE}"
+    if mode is None:
+        return "libpq"
+    chosen = mode.strip().lower()
+    if chosen == "libpq":
+        return "libpq"
+    if chosen == "bgw":
+        return "bgw"
+    raise HarnessError(
+        f"invalid pg_cron mode {mode!r} (from {source}): expected 'libpq' (pg_cron "
+        "connects with libpq for each job, the default) or 'bgw' (jobs run in background "
+        "workers, cron.use_background_workers = on)"
+    )
+
+
+def _check_pg_cron(dsn: str, *, create: bool, cron_mode: CronMode | None = None) -> str:
     """Check the server behind *dsn* runs pg_cron jobs from that database.
 
-    Creates the extension when it is missing and *create* is true. Returns the
+    Creates the extension when it is missing and *create* is true. With *cron_mode*,
+    also checks that pg_cron runs jobs that way (superuser DSNs only). Returns the
     installed pg_cron version; raises :class:`HarnessError` saying what is wrong.
     """
     shown = _redacted(dsn)
@@ -211,9 +256,39 @@ def _check_pg_cron(dsn: str, *, create: bool) -> str:
                 ).fetchone()
                 assert version is not None
                 version = version[0]
+            if cron_mode is not None:
+                _check_cron_mode(conn, shown, cron_mode)
             return str(version)
     except psycopg.OperationalError as exc:
         raise HarnessError(f"cannot connect to {shown}: {exc}".strip()) from exc
+
+
+def _check_cron_mode(conn: psycopg.Connection[Any], shown: str, cron_mode: CronMode) -> None:
+    row = conn.execute(
+        "SELECT current_setting('cron.use_background_workers', true),"
+        " current_setting('max_worker_processes')::int,"
+        " current_setting('cron.max_running_jobs', true)"
+    ).fetchone()
+    assert row is not None
+    bgw_setting, max_workers, max_running = row
+    if bgw_setting is None:
+        if cron_mode == "bgw":
+            raise HarnessError(
+                f"pg_cron at {shown} has no cron.use_background_workers setting (too old "
+                "for background workers): use libpq mode or a newer pg_cron"
+            )
+        return
+    actual: CronMode = "bgw" if bgw_setting == "on" else "libpq"
+    if actual != cron_mode:
+        raise HarnessError(
+            f"pg_cron at {shown} runs jobs in {actual} mode "
+            f"(cron.use_background_workers = {bgw_setting}), not {cron_mode} mode"
+        )
+    if actual == "bgw" and max_workers < 2:
+        raise HarnessError(
+            f"pg_cron at {shown} runs jobs in background workers but max_worker_processes "
+            f"= {max_workers} leaves none for jobs (cron.max_running_jobs = {max_running})"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,6 +474,14 @@ class EphemeralPostgres(_ConninfoMixin):
     When the current process is root, the cluster is owned by and the server runs as
     the unprivileged OS user ``sa_pgdispatch`` (created if missing).
 
+    ``pg_bin`` (default: :func:`~.binaries.find_postgres_bin`, ``$SA_PGDISPATCH_PG_BIN``)
+    chooses the PostgreSQL installation; when it has pg_tle, pg_tle is preloaded too
+    (not created). ``cron_mode`` (default ``$SA_PGDISPATCH_CRON_MODE``, else ``libpq``)
+    chooses how pg_cron runs jobs: ``libpq`` connects over the Unix socket
+    (``cron.host``); ``bgw`` runs them in background workers
+    (``cron.use_background_workers = on``, ``max_worker_processes = 64``,
+    ``cron.max_running_jobs = 60`` unless *settings* say otherwise).
+
     ``stop()``/``start()`` keep the data directory; ``cleanup()`` stops the server and
     removes the directory. As a context manager it starts on enter and cleans up on
     exit. Servers not cleaned up are cleaned up at interpreter exit (``atexit``) and
@@ -413,10 +496,16 @@ class EphemeralPostgres(_ConninfoMixin):
         durable: bool = False,
         pg_bin: Path | None = None,
         port: int | None = None,
+        cron_mode: str | None = None,
+        superuser: str = _SUPERUSER,
     ) -> None:
         if settings and ("port" in settings or "unix_socket_directories" in settings):
             raise ValueError("pass port=... instead of settings['port']; the socket dir is fixed")
+        self._cron_mode = resolve_cron_mode(cron_mode)
+        self._installed_pg_cron: str | None = None
+        self._has_pg_tle: bool | None = None
         self._dbname = dbname
+        self._superuser = superuser
         self._settings = dict(settings or {})
         self.durable = durable
         self._pg_bin = pg_bin
@@ -438,6 +527,30 @@ class EphemeralPostgres(_ConninfoMixin):
     @property
     def pg_major(self) -> int:
         return pg_major(self.bin_dir)
+
+    @property
+    def cron_mode(self) -> CronMode:
+        """How pg_cron runs jobs: ``libpq`` (client connections) or ``bgw`` (workers)."""
+        return self._cron_mode
+
+    @property
+    def pg_cron_version(self) -> str | None:
+        """pg_cron's extension version: the installed one once started, else the
+        ``default_version`` of the installation's control file (``None`` if missing).
+
+        This is the SQL version (``1.6`` for pg_cron 1.6.0-1.6.7), as in
+        ``pg_extension.extversion``.
+        """
+        if self._installed_pg_cron is not None:
+            return self._installed_pg_cron
+        return pg_cron_default_version(self.bin_dir)
+
+    @property
+    def has_pg_tle(self) -> bool:
+        """Whether the installation has pg_tle (then it is in shared_preload_libraries)."""
+        if self._has_pg_tle is None:
+            self._has_pg_tle = has_pg_tle(self.bin_dir)
+        return self._has_pg_tle
 
     @property
     def base_dir(self) -> Path:
@@ -469,7 +582,7 @@ class EphemeralPostgres(_ConninfoMixin):
 
     @property
     def superuser(self) -> str:
-        return _SUPERUSER
+        return self._superuser
 
     @property
     def os_user(self) -> str:
@@ -479,7 +592,7 @@ class EphemeralPostgres(_ConninfoMixin):
 
     def _params(self) -> dict[str, str]:
         return {
-            "user": _SUPERUSER,
+            "user": self._superuser,
             "dbname": self._dbname,
             "host": self.host,
             "port": str(self._port),
@@ -588,7 +701,7 @@ class EphemeralPostgres(_ConninfoMixin):
             "-D",
             str(self.data_dir),
             "-U",
-            _SUPERUSER,
+            self._superuser,
             "-A",
             "trust",
             "--no-sync",
@@ -616,7 +729,7 @@ class EphemeralPostgres(_ConninfoMixin):
         )
         self._chown(hba)
 
-        if self._dbname != _SUPERUSER:
+        if self._dbname != self._superuser:
             # Create the database in single-user mode, before pg_cron's launcher ever
             # starts: the launcher would otherwise fail (and retry) until it exists.
             self._write_config()
@@ -647,14 +760,26 @@ class EphemeralPostgres(_ConninfoMixin):
             "listen_addresses": "127.0.0.1",
             "port": str(self._port),
             "unix_socket_directories": socket_dir,
-            "shared_preload_libraries": "pg_cron",
+            "shared_preload_libraries": "pg_cron,pg_tle" if self.has_pg_tle else "pg_cron",
             "cron.database_name": self._dbname,
-            # pg_cron connects with libpq (no background workers); use our socket.
+            # In libpq mode pg_cron connects for each job: use our socket. (Ignored
+            # in bgw mode; kept so that both modes show the same cron.host.)
             "cron.host": socket_dir,
             "max_connections": "100",
             "log_min_messages": "warning",
             "log_line_prefix": "%m [%p] %u@%d ",
         }
+        if self._cron_mode == "bgw":
+            config["cron.use_background_workers"] = "on"
+            workers = self._settings.get("max_worker_processes")
+            if workers is None:
+                config["max_worker_processes"] = str(_BGW_MAX_WORKER_PROCESSES)
+            if "cron.max_running_jobs" not in self._settings:
+                # pg_cron >= 1.5 defaults it to min(5, max_worker_processes - 1) in bgw
+                # mode and rejects more than max_worker_processes - 1.
+                limit = int(workers) if workers is not None else _BGW_MAX_WORKER_PROCESSES
+                running = min(_BGW_MAX_RUNNING_JOBS, limit - _BGW_SPARE_WORKERS)
+                config["cron.max_running_jobs"] = str(max(1, min(running, limit - 1)))
         if not self.durable:
             config.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         config.update(self._settings)
@@ -708,7 +833,9 @@ class EphemeralPostgres(_ConninfoMixin):
                 f"{(result.stdout + result.stderr).strip()}{excerpt}"
             )
         try:
-            _check_pg_cron(self.dsn, create=True)
+            self._installed_pg_cron = _check_pg_cron(
+                self.dsn, create=True, cron_mode=self._cron_mode
+            )
         except HarnessError as exc:
             raise HarnessError(f"{exc}{self._log_excerpt()}") from exc
         return self
@@ -787,4 +914,7 @@ class EphemeralPostgres(_ConninfoMixin):
 
     def __repr__(self) -> str:
         where = self._base if self._base is not None else "not created"
-        return f"EphemeralPostgres(dbname={self._dbname!r}, port={self._port}, dir={where})"
+        return (
+            f"EphemeralPostgres(dbname={self._dbname!r}, port={self._port}, "
+            f"cron_mode={self._cron_mode!r}, dir={where})"
+        )
