@@ -238,3 +238,50 @@ def test_console_script(role_url: str, role_engine: Engine) -> None:
     assert bad.returncode == cli.EXIT_USAGE
     assert "JOB_ID" in bad.stderr
     assert jobs.get(role_engine, job_id).state is jobs.JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["jobs", "--limit", "0"], "--limit"),
+        (["jobs", "--limit", "-3"], "--limit"),
+        (["jobs", "--watch", "-1"], "--watch"),
+        (["jobs", "--watch", "0"], "--watch"),
+        (["jobs", "--watch", "nan"], "--watch"),
+        (["jobs", "--watch", "1", "--iterations", "-1"], "--iterations"),
+        (["status", "--failures", "-1"], "--failures"),
+        (["stats", "--window", "-5"], "--window"),
+        (["stats", "--window", "0"], "--window"),
+        (["stats", "--window", "inf"], "--window"),
+        (["wait", "1", "--timeout", "-1"], "--timeout"),
+        (["install", "--workers", "-1"], "--workers"),
+        (["install", "--workers", "17"], "--workers"),
+        (["demo", "--profiles", "0"], "--profiles"),
+        (["init", "some-dir", "--metadata", "nocolon"], "--metadata"),
+        (["init", "some-dir", "--metadata", "a.b:c, :d"], "--metadata"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    argv: list[str], option: str, role_url: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refused by the parser before anything runs: exit 2, the option named, no
+    traceback, nothing printed on stdout (no half report, no table)."""
+    if argv[0] == "init":
+        argv = [argv[0], str(tmp_path / argv[1]), *argv[2:]]
+    code, out = run(*argv, "--url", role_url)
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE, (out, err)
+    assert out == ""
+    assert f"argument {option}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "some-dir").exists()
+
+
+def test_good_edge_arguments_are_accepted(role_url: str) -> None:
+    assert run("jobs", "--url", role_url, "--limit", "1")[0] == 0
+    assert run("status", "--url", role_url, "--failures", "0")[0] == 0
+    assert run("stats", "--url", role_url, "--window", "0.5")[0] == 0
+    code, out = run("jobs", "--url", role_url, "--watch", "0.01", "--iterations", "1")
+    assert code == 0
+    assert out.count("recent jobs") == 1

@@ -14,6 +14,7 @@ that failed or was cancelled, ``demo`` with a missing side effect); 2 usage erro
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -486,6 +487,53 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
 # ---------------------------------------------------------------------------------------
 # Parser
+#
+# Option values are checked by their type functions, so that a bad one is a usage error
+# (exit 2, argparse's message naming the option) before anything connects or prints.
+
+
+def _int_type(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def _seconds_type(*, zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            wanted = "0 or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, {wanted}; got {text}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+def _metadata_type(text: str) -> str:
+    """``module:attribute`` specs, separated by commas or spaces (as init_project takes)."""
+    specs = text.replace(",", " ").split()
+    if not specs:
+        raise argparse.ArgumentTypeError("expected MODULE:ATTR, e.g. myapp.models:Base.metadata")
+    for spec in specs:
+        module, sep, attribute = spec.partition(":")
+        if not sep or not module or not attribute:
+            raise argparse.ArgumentTypeError(
+                f"expected MODULE:ATTR (e.g. myapp.models:Base.metadata), got {spec!r}"
+            )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -519,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("install", "install (or upgrade) pgdispatch in the database", cmd_install)
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=_int_type(0, 16), default=1, metavar="N",
                    help="pg_cron workers to start for the connected role (default 1; 0: none "
                    "until the first dispatch)")
     p.add_argument("--version", default=None, help="pgdispatch version (default: latest)")
@@ -531,26 +579,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "versions, pg_cron mode, workers per role, recent failures, queue",
             cmd_status)
-    p.add_argument("--failures", type=int, default=5, metavar="N",
+    p.add_argument("--failures", type=_int_type(0), default=5, metavar="N",
                    help="recent pg_cron run failures to show (default 5)")
 
     p = add("jobs", "a table of recent jobs", cmd_jobs)
     p.add_argument("--state", action="append", choices=[s.value for s in jobs_api.JobState],
                    help="only jobs in this state (repeatable)")
-    p.add_argument("--limit", type=int, default=20, help="rows (default 20)")
-    p.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, metavar="SECONDS",
+    p.add_argument("--limit", type=_int_type(1), default=20, help="rows (default 20)")
+    p.add_argument("--watch", type=_seconds_type(zero=False), nargs="?", const=1.0, default=None,
+                   metavar="SECONDS",
                    help="refresh every SECONDS (default 1) until Ctrl-C")
-    p.add_argument("--iterations", type=int, default=0, metavar="N",
+    p.add_argument("--iterations", type=_int_type(0), default=0, metavar="N",
                    help="with --watch: stop after N refreshes (default: never)")
 
     p = add("stats", "counts per state, oldest due job, throughput, run time percentiles",
             cmd_stats)
-    p.add_argument("--window", type=float, default=300, metavar="SECONDS",
+    p.add_argument("--window", type=_seconds_type(zero=False), default=300, metavar="SECONDS",
                    help="window of the percentiles (default 300)")
 
     p = add("wait", "wait for a job to finish, showing its progress", cmd_wait)
     p.add_argument("job_id", type=int, metavar="JOB_ID")
-    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds_type(zero=True), default=60, metavar="SECONDS",
                    help="give up after SECONDS (default 60; 0: never); exit 4")
 
     add("drain", "run every due job of the connected role now, in this session", cmd_drain)
@@ -559,12 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", metavar="DIR", help="the migration directory to create")
     p.add_argument("--no-install-revision", action="store_true",
                    help="no first revision installing pgdispatch")
-    p.add_argument("--metadata", default=None, metavar="MODULE:ATTR",
+    p.add_argument("--metadata", type=_metadata_type, default=None, metavar="MODULE:ATTR",
                    help="your models' MetaData for autogenerate, e.g. myapp.models:Base.metadata")
 
     p = add("demo", "a throwaway server (or --url), an app, jobs run by real pg_cron workers",
             cmd_demo)
-    p.add_argument("--profiles", type=int, default=10, metavar="N",
+    p.add_argument("--profiles", type=_int_type(1), default=10, metavar="N",
                    help="profiles inserted in each mode (default 10)")
     return parser
 
