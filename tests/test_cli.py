@@ -285,3 +285,28 @@ def test_good_edge_arguments_are_accepted(role_url: str) -> None:
     code, out = run("jobs", "--url", role_url, "--watch", "0.01", "--iterations", "1")
     assert code == 0
     assert out.count("recent jobs") == 1
+
+
+@pytest.mark.parametrize(
+    "raw", ["postgresql+psycopg2://u:secret@h/d", "postgres+psycopg2://u:secret@h/d"]
+)
+def test_other_drivers_are_refused_saying_how_to_write_the_url(
+    raw: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/cli.md: other drivers are refused (psycopg2 was silently rewritten, and
+    postgres+psycopg2 was told it "needs PostgreSQL, not postgres")."""
+    code, out = run("status", "--url", raw)
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert "psycopg2" in err
+    assert "psycopg 3" in err
+    assert "postgresql+psycopg://u:***@h/d" in err  # how to write it, password hidden
+    assert "secret" not in err
+    assert "not postgres" not in err
+
+
+def test_heroku_style_urls_are_read_as_psycopg() -> None:
+    for raw in ("postgres://u@h/d", "postgresql://u@h/d", "postgres+psycopg://u@h/d",
+                "postgresql+psycopg://u@h/d"):
+        assert cli.resolve_url(raw, {}) == "postgresql+psycopg://u@h/d"

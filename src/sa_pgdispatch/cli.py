@@ -2,8 +2,9 @@
 
 ``sa-pgdispatch [--url URL] COMMAND ...``; the URL may also come from
 ``$SA_PGDISPATCH_URL`` or ``$DATABASE_URL`` (``postgresql://`` and ``postgres://`` are
-read as ``postgresql+psycopg://``). Tables are drawn with rich in a terminal and
-printed as plain aligned text otherwise (pipes, logs, CI). See docs/cli.md.
+read as ``postgresql+psycopg://``; other drivers are refused: :mod:`sa_pgdispatch.urls`).
+Tables are drawn with rich in a terminal and printed as plain aligned text otherwise
+(pipes, logs, CI). See docs/cli.md.
 
 Exit codes: 0 success; 1 failure (a pgdispatch or database error, ``wait`` on a job
 that failed or was cancelled, ``demo`` with a missing side effect); 2 usage error
@@ -28,12 +29,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from . import jobs as jobs_api
 from .errors import JobTimeout, NotInstalled, PgDispatchError
 from .install import InstallError, install, installed_version, uninstall
+from .urls import UrlError
+from .urls import normalize_url as _normalize_url
 
 __all__ = [
     "EXIT_FAILURE",
@@ -57,7 +59,7 @@ EXIT_INTERRUPTED = 130
 URL_ENV_VARS = ("SA_PGDISPATCH_URL", "DATABASE_URL")
 
 
-class UsageError(Exception):
+class UsageError(PgDispatchError):
     """A command line that cannot work (exit 2)."""
 
 
@@ -152,19 +154,11 @@ def _short(text: str, width: int = 60) -> str:
 
 def normalize_url(raw: str) -> str:
     """``postgresql://`` / ``postgres://`` -> ``postgresql+psycopg://``; other drivers
-    are refused (pgdispatch needs psycopg 3)."""
+    and databases are a usage error (the rule of :mod:`sa_pgdispatch.urls`)."""
     try:
-        if raw.startswith("postgres://"):
-            raw = "postgresql://" + raw[len("postgres://") :]
-        url = make_url(raw)
-    except sa_exc.ArgumentError as exc:
-        raise UsageError(f"invalid database URL: {exc}") from exc
-    if url.get_backend_name() != "postgresql":
-        raise UsageError(f"pgdispatch needs PostgreSQL, not {url.get_backend_name()}")
-    if url.get_driver_name() in ("", "psycopg2", "psycopg"):
-        url = url.set(drivername="postgresql+psycopg")
-    if url.get_driver_name() != "psycopg":
-        raise UsageError(f"pgdispatch needs the psycopg (3) driver, not {url.get_driver_name()}")
+        url = _normalize_url(raw)
+    except UrlError as exc:
+        raise UsageError(str(exc)) from None
     return url.render_as_string(hide_password=False)
 
 

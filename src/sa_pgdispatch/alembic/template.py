@@ -24,10 +24,10 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError, rev_id
 from mako.template import Template  # type: ignore[import-untyped]
 from sqlalchemy import MetaData
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from .._resources import template_dir
+from ..urls import UrlError, normalize_url
 from .ops import FORCE_UNINSTALL_OPTION, InstallPgdispatchOp
 
 __all__ = [
@@ -62,28 +62,19 @@ NameFilter = Callable[[str | None, str, Mapping[str, Any]], bool]
 
 
 def _normalize_url(raw: str, source: str) -> URL:
+    """The rule of :mod:`sa_pgdispatch.urls` (the CLI's too), as a ``CommandError``
+    naming where the URL came from."""
     try:
-        url = make_url(raw)
-    except ArgumentError as exc:
-        raise CommandError(f"invalid database URL from {source}: {exc}") from None
-    backend, _, driver = url.drivername.partition("+")
-    if backend not in ("postgresql", "postgres"):
-        raise CommandError(
-            f"sa_pgdispatch migrations need PostgreSQL, but the URL from {source} is for "
-            f"{backend!r}; use postgresql+psycopg://user:password@host/dbname"
-        )
-    if driver not in ("", "psycopg"):
-        raise CommandError(
-            f"sa_pgdispatch migrations run through psycopg 3, not {driver!r} (URL from "
-            f"{source}); use postgresql+psycopg://..."
-        )
-    return url.set(drivername="postgresql+psycopg")
+        return normalize_url(raw)
+    except UrlError as exc:
+        raise CommandError(f"{exc} (the URL from {source})") from None
 
 
 def database_url(config: Config, environ: Mapping[str, str] | None = None) -> URL:
     """The migrations' database URL: ``$SA_PGDISPATCH_URL``, ``$DATABASE_URL``, alembic.ini.
 
-    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://``. Raises
+    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://``
+    (:mod:`sa_pgdispatch.urls`, the rule the CLI follows too). Raises
     ``alembic.util.CommandError`` (shown by the ``alembic`` command as ``FAILED: ...``)
     when there is no URL, or when it is not PostgreSQL through psycopg 3.
     """
