@@ -15,6 +15,10 @@ it is yours now. What it does:
   and in offline (``--sql``) mode.
 * ``alembic -x force_uninstall=true downgrade ...`` lets ``op.uninstall_pgdispatch()``
   drop pgdispatch even while jobs are still queued (they are lost).
+* In an app database apart from pg_cron's, the install/uninstall operations read the URL
+  of pg_cron's database (same role) from ``-x cron_url=...``, ``$SA_PGDISPATCH_CRON_URL``
+  or ``sa_pgdispatch.cron_url`` in alembic.ini (or ``context.configure(...,
+  pgdispatch_cron_url=...)`` below).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import io
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from alembic.autogenerate import render_python_code
 from alembic.config import Config
 from alembic.operations import Operations, ops
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import MetaData
@@ -31,6 +33,7 @@ from sa_pgdispatch.alembic import (
     include_name,
     init_project,
     load_target_metadata,
+    resolve_cron_url,
 )
 from sa_pgdispatch.install import (
     InstallError,
@@ -42,6 +45,12 @@ from sa_pgdispatch.install import (
 from sa_pgdispatch.triggers import DispatchTriggerError
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
+
+
+@pytest.fixture(autouse=True)
+def _no_cron_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline operations read $SA_PGDISPATCH_CRON_URL: the caller's must not leak in."""
+    monkeypatch.delenv("SA_PGDISPATCH_CRON_URL", raising=False)
 
 
 def _definition(**kw: object) -> TriggerDefinition:
@@ -75,6 +84,15 @@ def test_install_and_uninstall_reverse_into_each_other() -> None:
     back = uninstall.reverse()
     assert isinstance(back, InstallPgdispatchOp)
     assert (back.version, back.workers) == ("0.1.0", 3)
+
+
+def test_install_and_uninstall_reverses_carry_cron_url() -> None:
+    url = "postgresql://app@db/postgres"
+    uninstall = InstallPgdispatchOp(workers=2, cron_url=url).reverse()
+    assert (uninstall.cron_url, uninstall.workers) == (url, 2)
+    back = uninstall.reverse()
+    assert (back.cron_url, back.workers) == (url, 2)
+    assert InstallPgdispatchOp().reverse().cron_url is None
 
 
 def test_upgrade_has_no_reverse() -> None:
@@ -147,6 +165,37 @@ def test_render_install_uninstall_upgrade() -> None:
     assert "op.upgrade_pgdispatch('0.2.0', from_version='0.1.0')" in text
 
 
+def test_render_cron_url_and_rebuild_the_same_ops() -> None:
+    url = "postgresql://app@db.example/postgres"
+    operations = [
+        InstallPgdispatchOp(workers=2, cron_url=url),
+        UninstallPgdispatchOp(force=True, cron_url=url),
+        UninstallPgdispatchOp(cron_url=url),
+    ]
+    text = _render(*operations)
+    assert f"op.install_pgdispatch(workers=2, cron_url={url!r})" in text
+    assert f"op.uninstall_pgdispatch(force=True, cron_url={url!r})" in text
+    assert f"op.uninstall_pgdispatch(cron_url={url!r})" in text
+    assert "cron_url" not in _render(InstallPgdispatchOp(), UninstallPgdispatchOp())
+
+    recorded: list[ops.MigrateOperation] = []
+
+    class Recorder:
+        def invoke(self, operation: ops.MigrateOperation) -> None:
+            recorded.append(operation)
+
+    class Op:
+        def __getattr__(self, name: str) -> object:
+            cls = {"install_pgdispatch": InstallPgdispatchOp,
+                   "uninstall_pgdispatch": UninstallPgdispatchOp}[name]
+            return lambda *a, **kw: getattr(cls, name)(Recorder(), *a, **kw)
+
+    exec(compile(text, "<rendered>", "exec"), {"op": Op()})
+    assert [type(o) for o in recorded] == [type(o) for o in operations]
+    for got, want in zip(recorded, operations, strict=True):
+        assert vars(got) == vars(want)
+
+
 def test_render_create_writes_only_non_default_arguments() -> None:
     text = _render(CreateDispatchTriggerOp("t", "tbl", _definition()))
     assert text.strip() == "op.create_dispatch_trigger('t', 'tbl', 'app.fn')"
@@ -198,6 +247,89 @@ def test_offline_install_and_uninstall_write_the_scripts_verbatim() -> None:
     assert install_sql(workers=2).strip() in out
     assert uninstall_sql(force=False).strip() in out
     assert "SELECT pgdispatch.start(2);" in out
+
+
+def test_offline_install_with_cron_url_starts_no_workers_and_says_how() -> None:
+    operations, buf = _offline()
+    operations.install_pgdispatch(  # type: ignore[attr-defined]
+        workers=2, cron_url="postgresql://app:s3cret@db.example/postgres"
+    )
+    out = buf.getvalue()
+    assert install_sql(workers=None).strip() in out
+    assert "SELECT pgdispatch.start(" not in out
+    assert "s3cret" not in out  # the URL is never written out, only its database
+    comments = out[out.index("-- pgdispatch: pg_cron runs in another database"):]
+    assert all(line.startswith("--") for line in comments.strip().splitlines())
+    assert "--        SELECT * FROM pgdispatch.cron_statements('start', 2);" in comments
+    assert "in pg_cron's database (postgres)" in comments
+    assert "connected as the SAME role" in comments
+    assert "cron.schedule_in_database(text, text, text, text, text, boolean)" in comments
+
+    operations, buf = _offline()
+    operations.install_pgdispatch(workers=0, cron_url="host=db dbname=cron")  # type: ignore[attr-defined]
+    out = buf.getvalue()
+    assert "SELECT pgdispatch.start(" not in out
+    assert "pgdispatch.cron_statements('start');" in out  # the default number
+    assert "in pg_cron's database (cron)" in out
+
+
+def test_offline_uninstall_with_cron_url_says_how_to_unschedule_before_the_drop() -> None:
+    operations, buf = _offline()
+    operations.uninstall_pgdispatch(cron_url="postgresql://app@db/postgres")  # type: ignore[attr-defined]
+    out = buf.getvalue()
+    prepare = out.index("SELECT pgdispatch.prepare_uninstall(force => false);")
+    hint = out.index("--        SELECT * FROM pgdispatch.cron_statements('uninstall');")
+    drop = out.index("DROP SCHEMA pgdispatch CASCADE;")
+    assert prepare < hint < drop
+    assert "j.jobname LIKE 'pgdispatch:%'" in out  # the statement once pgdispatch is gone
+    operations, buf = _offline()
+    operations.uninstall_pgdispatch()  # type: ignore[attr-defined]
+    assert buf.getvalue().strip() == uninstall_sql(force=False).strip()
+
+
+def test_offline_cron_url_from_the_context_option_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    operations, buf = _offline(pgdispatch_cron_url="postgresql://app@db/postgres")
+    operations.install_pgdispatch()  # type: ignore[attr-defined]
+    assert "cron_statements('start', 1)" in buf.getvalue()
+    monkeypatch.setenv("SA_PGDISPATCH_CRON_URL", "postgresql://app@db/postgres")
+    operations, buf = _offline()
+    operations.install_pgdispatch()  # type: ignore[attr-defined]
+    assert "SELECT pgdispatch.start(" not in buf.getvalue()
+    assert "cron_statements('start', 1)" in buf.getvalue()
+
+
+def test_resolve_cron_url_precedence(tmp_path: Path) -> None:
+    """The operation's argument, the context option, -x, config.attributes, the
+    environment, alembic.ini: the first that is set wins; empty values are unset."""
+    cfg = _config(tmp_path, **{"sa_pgdispatch.cron_url": "postgresql://ini/c"})
+    cfg.cmd_opts = argparse.Namespace(x=["cron_url=postgresql://x/c", "other=1"])
+    cfg.attributes["sa_pgdispatch.cron_url"] = "postgresql://attr/c"
+    env_ctx = EnvironmentContext(cfg, None)  # type: ignore[arg-type]
+    environ = {"SA_PGDISPATCH_CRON_URL": "postgresql://env/c"}
+
+    def ctx(**opts: object) -> MigrationContext:
+        return MigrationContext.configure(
+            dialect_name="postgresql", opts=opts, environment_context=env_ctx
+        )
+
+    assert resolve_cron_url(ctx(pgdispatch_cron_url="postgresql://opt/c"), "postgresql://op/c",
+                            environ) == "postgresql://op/c"
+    assert resolve_cron_url(ctx(pgdispatch_cron_url="postgresql://opt/c"), None,
+                            environ) == "postgresql://opt/c"
+    assert resolve_cron_url(ctx(pgdispatch_cron_url=""), "", environ) == "postgresql://x/c"
+    cfg.cmd_opts = argparse.Namespace(x=["cron_url="])
+    assert resolve_cron_url(ctx(), None, environ) == "postgresql://attr/c"
+    cfg.cmd_opts = None
+    del cfg.attributes["sa_pgdispatch.cron_url"]
+    assert resolve_cron_url(ctx(), None, environ) == "postgresql://env/c"
+    assert resolve_cron_url(ctx(), None, {}) == "postgresql://ini/c"
+    assert resolve_cron_url(ctx(), None, {"SA_PGDISPATCH_CRON_URL": ""}) == "postgresql://ini/c"
+    # no environment context (MigrationContext.configure in a script): option and env only
+    bare = MigrationContext.configure(dialect_name="postgresql")
+    assert resolve_cron_url(bare, None, {}) is None
+    assert resolve_cron_url(bare, None, environ) == "postgresql://env/c"
 
 
 def test_offline_forced_uninstall_from_the_context_option() -> None:
@@ -405,6 +537,20 @@ def test_first_revision_offline_sql(tmp_path: Path) -> None:
     forced = _alembic(tmp_path, "-x", "force_uninstall=true", "downgrade",
                       f"{revision.name.split('_')[0]}:base", "--sql")
     assert "SELECT pgdispatch.prepare_uninstall(force => true);" in forced.stdout
+
+
+def test_first_revision_offline_sql_with_cron_url_from_x_argument(tmp_path: Path) -> None:
+    """``-x cron_url=...``: an app database's script starts no workers; the URL (and its
+    password) stays out of the script."""
+    init_project(tmp_path / "migrations", url="postgresql://nobody@localhost/app")
+    up = _alembic(tmp_path, "-x", "cron_url=postgresql://app:s3cret@db/postgres",
+                  "upgrade", "head", "--sql")
+    assert up.returncode == 0, up.stderr
+    assert "CREATE SCHEMA pgdispatch;" in up.stdout
+    assert "SELECT pgdispatch.start(" not in up.stdout
+    assert "SELECT * FROM pgdispatch.cron_statements('start', 1);" in up.stdout
+    assert "s3cret" not in up.stdout
+    assert up.stdout.index("cron_statements('start', 1)") < up.stdout.rindex("COMMIT;")
 
 
 def test_env_refuses_a_non_postgresql_url(tmp_path: Path) -> None:

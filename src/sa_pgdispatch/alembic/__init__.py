@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from .autogenerate import OBJECT_TYPE, compare_dispatch_triggers
 from .ops import (
+    CRON_URL_ATTRIBUTE,
+    CRON_URL_ENV_VAR,
+    CRON_URL_INI_OPTION,
+    CRON_URL_OPTION,
+    CRON_URL_X_ARGUMENT,
     FORCE_UNINSTALL_OPTION,
     CreateDispatchTriggerOp,
     DispatchTriggerOpError,
@@ -26,6 +31,7 @@ from .ops import (
     TriggerDefinition,
     UninstallPgdispatchOp,
     UpgradePgdispatchOp,
+    resolve_cron_url,
 )
 from .template import (
     configure_options,
@@ -36,6 +42,11 @@ from .template import (
 )
 
 __all__ = [
+    "CRON_URL_ATTRIBUTE",
+    "CRON_URL_ENV_VAR",
+    "CRON_URL_INI_OPTION",
+    "CRON_URL_OPTION",
+    "CRON_URL_X_ARGUMENT",
     "FORCE_UNINSTALL_OPTION",
     "OBJECT_TYPE",
     "CreateDispatchTriggerOp",
@@ -53,4 +64,5 @@ __all__ = [
     "include_name",
     "init_project",
     "load_target_metadata",
+    "resolve_cron_url",
 ]

@@ -304,12 +304,17 @@ def _render_install(autogen_context: AutogenContext, op: InstallPgdispatchOp) ->
         kwargs["version"] = op.version
     if op.workers != 1:
         kwargs["workers"] = op.workers
+    if op.cron_url is not None:
+        kwargs["cron_url"] = op.cron_url
     return _call(autogen_context, "install_pgdispatch", [], kwargs)
 
 
 @renderers.dispatch_for(UninstallPgdispatchOp)
 def _render_uninstall(autogen_context: AutogenContext, op: UninstallPgdispatchOp) -> str:
-    return _call(autogen_context, "uninstall_pgdispatch", [], {"force": True} if op.force else {})
+    kwargs: dict[str, Any] = {"force": True} if op.force else {}
+    if op.cron_url is not None:
+        kwargs["cron_url"] = op.cron_url
+    return _call(autogen_context, "uninstall_pgdispatch", [], kwargs)
 
 
 @renderers.dispatch_for(UpgradePgdispatchOp)

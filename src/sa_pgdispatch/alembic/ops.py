@@ -3,8 +3,8 @@
 Importing this module (``import sa_pgdispatch.alembic`` does) registers on
 ``alembic.op``:
 
-* ``op.install_pgdispatch(version=None, workers=1)`` / ``op.uninstall_pgdispatch(force=False)``
-  (each the reverse of the other);
+* ``op.install_pgdispatch(version=None, workers=1, cron_url=None)`` /
+  ``op.uninstall_pgdispatch(force=False, cron_url=None)`` (each the reverse of the other);
 * ``op.upgrade_pgdispatch(to_version=None, from_version=None)`` (no reverse: pgdispatch
   has no downgrade scripts);
 * ``op.create_dispatch_trigger(...)`` / ``op.drop_dispatch_trigger(...)`` (a drop carries
@@ -22,15 +22,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import psycopg
 import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql.expression import TableClause
 
+from ..errors import WorkerError
 from ..install import InstallError, install, install_sql, uninstall, uninstall_sql, upgrade
 from ..install import upgrade_sql as _upgrade_sql
 from ..triggers import (
@@ -42,6 +48,12 @@ from ..triggers import (
 )
 
 __all__ = [
+    "CRON_URL_ATTRIBUTE",
+    "CRON_URL_ENV_VAR",
+    "CRON_URL_INI_OPTION",
+    "CRON_URL_OPTION",
+    "CRON_URL_X_ARGUMENT",
+    "FORCE_UNINSTALL_OPTION",
     "CreateDispatchTriggerOp",
     "DispatchTriggerOpError",
     "DropDispatchTriggerOp",
@@ -51,12 +63,27 @@ __all__ = [
     "TriggerDefinition",
     "UninstallPgdispatchOp",
     "UpgradePgdispatchOp",
+    "resolve_cron_url",
 ]
 
 #: MigrationContext option (``context.configure(pgdispatch_force_uninstall=True)``) that
 #: makes every ``op.uninstall_pgdispatch()`` forced. The template's env.py sets it from
 #: ``alembic -x force_uninstall=true ...``.
 FORCE_UNINSTALL_OPTION = "pgdispatch_force_uninstall"
+
+# Where ``op.install_pgdispatch()`` / ``op.uninstall_pgdispatch()`` find ``cron_url`` (the
+# URL of pg_cron's database, for an app database apart from it) when the operation does
+# not name one; the first that is set wins (see resolve_cron_url):
+#: MigrationContext option: ``context.configure(pgdispatch_cron_url=...)``.
+CRON_URL_OPTION = "pgdispatch_cron_url"
+#: ``alembic -x cron_url=... upgrade head``.
+CRON_URL_X_ARGUMENT = "cron_url"
+#: ``Config.attributes`` key, for programmatic runs (``cfg.attributes[...] = url``).
+CRON_URL_ATTRIBUTE = "sa_pgdispatch.cron_url"
+#: Environment variable (also read by the ``sa-pgdispatch`` command).
+CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
+#: alembic.ini option, section ``[alembic]`` (a URL without a password: ~/.pgpass).
+CRON_URL_INI_OPTION = "sa_pgdispatch.cron_url"
 
 IntervalArg = dt.timedelta | str
 
@@ -236,21 +263,38 @@ class InstallPgdispatchOp(MigrateOperation):
     first dispatch starts them). Online, an existing older install is upgraded and the
     same version is left alone (:func:`sa_pgdispatch.install.install`); offline it
     writes the full install script, for an empty database.
+
+    ``cron_url``: for an app database apart from pg_cron's, a URL of pg_cron's database
+    (``cron.database_name``) for the same role, where the workers are scheduled with
+    ``cron.schedule_in_database()``. Better left out of the migration and given by the
+    deployment (``-x cron_url=...``, ``$SA_PGDISPATCH_CRON_URL``, ...: see
+    :func:`resolve_cron_url`). Offline, with a ``cron_url`` from anywhere, the script
+    starts no workers and ends with comments saying how to start them from pg_cron's
+    database.
     """
 
-    def __init__(self, version: str | None = None, workers: int | None = 1) -> None:
+    def __init__(
+        self, version: str | None = None, workers: int | None = 1, cron_url: str | None = None
+    ) -> None:
         self.version = version
         self.workers = workers
+        self.cron_url = cron_url
 
     @classmethod
     def install_pgdispatch(
-        cls, operations: Operations, version: str | None = None, workers: int | None = 1
+        cls,
+        operations: Operations,
+        version: str | None = None,
+        workers: int | None = 1,
+        cron_url: str | None = None,
     ) -> None:
         """Install pgdispatch; see :class:`InstallPgdispatchOp`."""
-        operations.invoke(cls(version=version, workers=workers))
+        operations.invoke(cls(version=version, workers=workers, cron_url=cron_url))
 
     def reverse(self) -> UninstallPgdispatchOp:
-        return UninstallPgdispatchOp(force=False, version=self.version, workers=self.workers)
+        return UninstallPgdispatchOp(
+            force=False, version=self.version, workers=self.workers, cron_url=self.cron_url
+        )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("install_pgdispatch", self.version)
@@ -265,22 +309,36 @@ class UninstallPgdispatchOp(MigrateOperation):
     the migration context option ``pgdispatch_force_uninstall``, set by the template's
     env.py from ``alembic -x force_uninstall=true``). ``version`` / ``workers`` only
     serve the reverse (the install it undoes).
+
+    ``cron_url`` (as for :class:`InstallPgdispatchOp`): in an app database, where its
+    workers are unscheduled. Offline, with a ``cron_url`` from anywhere, comments before
+    the ``DROP SCHEMA`` say how to unschedule them in pg_cron's database.
     """
 
     def __init__(
-        self, force: bool = False, *, version: str | None = None, workers: int | None = 1
+        self,
+        force: bool = False,
+        *,
+        version: str | None = None,
+        workers: int | None = 1,
+        cron_url: str | None = None,
     ) -> None:
         self.force = force
         self.version = version
         self.workers = workers
+        self.cron_url = cron_url
 
     @classmethod
-    def uninstall_pgdispatch(cls, operations: Operations, force: bool = False) -> None:
+    def uninstall_pgdispatch(
+        cls, operations: Operations, force: bool = False, cron_url: str | None = None
+    ) -> None:
         """Uninstall pgdispatch; see :class:`UninstallPgdispatchOp`."""
-        operations.invoke(cls(force=force))
+        operations.invoke(cls(force=force, cron_url=cron_url))
 
     def reverse(self) -> InstallPgdispatchOp:
-        return InstallPgdispatchOp(version=self.version, workers=self.workers)
+        return InstallPgdispatchOp(
+            version=self.version, workers=self.workers, cron_url=self.cron_url
+        )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("uninstall_pgdispatch", self.force)
@@ -574,26 +632,168 @@ def _connection(operations: Operations) -> sa.Connection:
     return conn
 
 
+def resolve_cron_url(
+    context: MigrationContext,
+    cron_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The ``cron_url`` an install/uninstall operation uses: the first that is set of
+
+    1. the operation's own ``cron_url=...`` (``cron_url`` here);
+    2. the MigrationContext option ``pgdispatch_cron_url``
+       (``context.configure(..., pgdispatch_cron_url=...)`` in env.py);
+    3. ``alembic -x cron_url=... upgrade head``;
+    4. ``config.attributes["sa_pgdispatch.cron_url"]`` (``command.upgrade(cfg, ...)``
+       from Python);
+    5. ``$SA_PGDISPATCH_CRON_URL``;
+    6. ``sa_pgdispatch.cron_url`` in alembic.ini (section ``[alembic]``).
+
+    An empty value counts as unset. None: no cron_url (pgdispatch lives in pg_cron's
+    database, which is the usual case). The URL is never written into offline output.
+    """
+    if cron_url:
+        return cron_url
+    option = context.opts.get(CRON_URL_OPTION)
+    if option:
+        return str(option)
+    env_context = context.environment_context
+    config = context.config
+    if env_context is not None and config is not None and config.cmd_opts is not None:
+        x_value = env_context.get_x_argument(as_dictionary=True).get(CRON_URL_X_ARGUMENT)
+        if x_value:
+            return x_value
+    if config is not None and config.attributes.get(CRON_URL_ATTRIBUTE):
+        return str(config.attributes[CRON_URL_ATTRIBUTE])
+    env = os.environ if environ is None else environ
+    if env.get(CRON_URL_ENV_VAR):
+        return env[CRON_URL_ENV_VAR]
+    if config is not None and config.config_file_name is not None:
+        ini_value = config.get_main_option(CRON_URL_INI_OPTION)
+        if ini_value and ini_value.strip():
+            return ini_value.strip()
+    return None
+
+
+def _cron_database_name(cron_url: str) -> str | None:
+    """The database named by *cron_url* (never its password), for offline comments."""
+    try:
+        if "://" in cron_url:
+            return make_url(cron_url).database
+        return conninfo_to_dict(cron_url).get("dbname")  # type: ignore[return-value]
+    except (ArgumentError, psycopg.Error, ValueError):
+        return None
+
+
+def _comment(text: str) -> str:
+    return "\n".join(f"-- {line}".rstrip() for line in text.strip().splitlines())
+
+
+def _cron_steps(cron_db: str, args: str, role_note: str) -> str:
+    """The two steps that carry out ``cron_statements(<args>)`` from an app database."""
+    return f"""
+  1. in THIS database, connected as the role that runs this script, run
+       SELECT * FROM pgdispatch.cron_statements({args});
+  2. run the statements it returns, in order, in {cron_db},
+     connected as the SAME role ({role_note}). With psql:
+       psql "$APP_DATABASE_URL" -Atc \\
+         "SELECT s || ';' FROM pgdispatch.cron_statements({args}) s" \\
+         | psql "$CRON_DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction
+"""
+
+
+def _offline_start_comment(cron_url: str, workers: int | None) -> str:
+    """What to run after an offline install into an app database (no workers started)."""
+    where = _cron_database_name(cron_url)
+    cron_db = f"pg_cron's database ({where})" if where else "pg_cron's database"
+    count = int(workers) if workers else None
+    args = "'start'" if count is None else f"'start', {count}"
+    steps = _cron_steps(cron_db, args, "they call cron.schedule_in_database()")
+    return _comment(f"""
+pgdispatch: pg_cron runs in another database than this one (cron_url is set), so this
+script starts no workers. Once it has run, start them from {cron_db}:
+{steps.strip(chr(10))}
+From Python: sa_pgdispatch.start_workers(conn, {count}, cron_url=...).
+The role needs, once, in pg_cron's database: GRANT USAGE ON SCHEMA cron TO <role>;
+GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text, text, text, text, text, boolean)
+TO <role>;
+""")
+
+
+def _offline_uninstall_comment(cron_url: str) -> str:
+    """What to run in pg_cron's database when an offline uninstall drops pgdispatch from
+    an app database (its workers are scheduled there)."""
+    where = _cron_database_name(cron_url)
+    cron_db = f"pg_cron's database ({where})" if where else "pg_cron's database"
+    steps = _cron_steps(
+        cron_db, "'uninstall'", "as a superuser: every role's workers of this database"
+    )
+    return _comment(f"""
+pgdispatch: pg_cron runs in another database than this one (cron_url is set), where this
+database's workers are scheduled. Unschedule them before the DROP SCHEMA below runs
+(e.g. before applying this script):
+{steps.strip(chr(10))}
+Once pgdispatch is dropped, the same is, in {cron_db}:
+  SELECT cron.unschedule(j.jobid) FROM cron.job j
+   WHERE j.database = '<this database>' AND j.jobname LIKE 'pgdispatch:%';
+""")
+
+
+def _cron_hint(exc: Exception) -> str:
+    return (
+        f"{exc}. In a migration, give cron_url without writing it into the revision: "
+        f"`alembic -x {CRON_URL_X_ARGUMENT}=postgresql://<same role>@<host>/<pg_cron's "
+        f"database> ...`, ${CRON_URL_ENV_VAR}, config.attributes[{CRON_URL_ATTRIBUTE!r}] "
+        f"or {CRON_URL_INI_OPTION} in alembic.ini"
+    )
+
+
 @Operations.implementation_for(InstallPgdispatchOp)
 def _install(operations: Operations, operation: InstallPgdispatchOp) -> None:
-    if _context(operations).as_sql:
-        _static(operations, install_sql(operation.version, workers=operation.workers))
-    else:
-        install(_connection(operations), version=operation.version, workers=operation.workers)
+    ctx = _context(operations)
+    cron_url = resolve_cron_url(ctx, operation.cron_url)
+    if ctx.as_sql:
+        if cron_url is None:
+            _static(operations, install_sql(operation.version, workers=operation.workers))
+        else:
+            _static(operations, install_sql(operation.version, workers=None))
+            _static(operations, _offline_start_comment(cron_url, operation.workers))
+        return
+    try:
+        install(
+            _connection(operations),
+            version=operation.version,
+            workers=operation.workers,
+            cron_url=cron_url,
+        )
+    except (InstallError, WorkerError) as exc:
+        if isinstance(exc, PgdispatchMigrationError):
+            raise
+        message = _cron_hint(exc) if "cron_url" in str(exc) else str(exc)
+        raise PgdispatchMigrationError(message) from exc
 
 
 @Operations.implementation_for(UninstallPgdispatchOp)
 def _uninstall(operations: Operations, operation: UninstallPgdispatchOp) -> None:
     ctx = _context(operations)
     force = operation.force or bool(ctx.opts.get(FORCE_UNINSTALL_OPTION, False))
+    cron_url = resolve_cron_url(ctx, operation.cron_url)
     if ctx.as_sql:
-        _static(operations, uninstall_sql(force=force))
+        script = uninstall_sql(force=force)
+        if cron_url is not None:
+            drop = "DROP SCHEMA pgdispatch CASCADE;"
+            head, _, tail = script.partition(drop)
+            script = f"{head}{_offline_uninstall_comment(cron_url)}\n{drop}{tail}"
+        _static(operations, script)
         return
     try:
-        uninstall(_connection(operations), force=force)
+        uninstall(_connection(operations), force=force, cron_url=cron_url)
     except PgdispatchMigrationError:
         raise
+    except WorkerError as exc:
+        raise PgdispatchMigrationError(str(exc)) from exc
     except InstallError as exc:
+        if "cron_url" in str(exc):
+            raise PgdispatchMigrationError(_cron_hint(exc)) from exc
         raise PgdispatchMigrationError(
             f"{exc}. To uninstall anyway (queued jobs are lost), force it: "
             "op.uninstall_pgdispatch(force=True), or with the sa_pgdispatch template "
