@@ -73,6 +73,34 @@ def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"usage: sa-pgdispatch {command}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "url", "plain"),
+    [
+        (["--url", "A", "status"], "A", False),
+        (["status", "--url", "A"], "A", False),
+        (["--url", "A", "status", "--url", "B"], "B", False),  # the later one wins
+        (["--plain", "jobs"], None, True),
+        (["jobs", "--plain"], None, True),
+        (["--plain", "--url", "A", "install", "--workers", "0"], "A", True),
+        (["status"], None, False),
+    ],
+)
+def test_global_options_before_and_after_the_command(
+    argv: list[str], url: str | None, plain: bool
+) -> None:
+    """A command's own copy of a global option must not reset one given before it."""
+    args = cli.build_parser().parse_args(argv)
+    assert (args.url, args.plain) == (url, plain)
+
+
+def test_url_before_the_command_reaches_the_database(role_url: str) -> None:
+    code, out = run("--url", role_url, "jobs", "--limit", "1", env={})
+    assert code == 0, out
+    assert "recent jobs" in out
+    code, out = run("--plain", "--url", role_url, "stats", env={})
+    assert code == 0, out
+
+
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == cli.EXIT_USAGE
     assert cli.main(["nope"]) == cli.EXIT_USAGE
@@ -310,3 +338,66 @@ def test_heroku_style_urls_are_read_as_psycopg() -> None:
     for raw in ("postgres://u@h/d", "postgresql://u@h/d", "postgres+psycopg://u@h/d",
                 "postgresql+psycopg://u@h/d"):
         assert cli.resolve_url(raw, {}) == "postgresql+psycopg://u@h/d"
+
+
+def _worker_jobs(engine: Engine, role: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT jobname FROM cron.job WHERE username = :r AND jobname LIKE"
+                     " 'pgdispatch:%' ORDER BY jobname"),
+                {"r": role},
+            ).scalars()
+        )
+
+
+def test_install_workers_on_an_existing_install_starts_them(
+    pgdispatch_server: PgServer, pgdispatch_role: Callable[..., str], pgdispatch_db: Engine
+) -> None:
+    """docs/cli.md: install --workers N starts N workers, also when pgdispatch is
+    already installed (it upgraded or did nothing, and started none)."""
+    role = pgdispatch_role("inst")
+    url = pgdispatch_server.connect_url(user=role)
+    engine = create_engine(url)
+    try:
+        code, out = run("install", "--url", url, "--workers", "2")
+        assert code == 0, out
+        assert "already installed" in out
+        assert "2 pg_cron worker(s) started" in out
+        assert _worker_jobs(pgdispatch_db, role) == [
+            f"pgdispatch:{role}:1", f"pgdispatch:{role}:2", f"pgdispatch:{role}:watchdog"
+        ]
+        # without --workers an existing install keeps the workers it has
+        code, out = run("install", "--url", url)
+        assert code == 0, out
+        assert "started" not in out
+        assert len(_worker_jobs(pgdispatch_db, role)) == 3
+        code, out = run("install", "--url", url, "--workers", "1")
+        assert code == 0, out
+        assert _worker_jobs(pgdispatch_db, role) == [
+            f"pgdispatch:{role}:1", f"pgdispatch:{role}:watchdog"
+        ]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pgdispatch.stop()"))
+        engine.dispose()
+    assert _worker_jobs(pgdispatch_db, role) == []
+
+
+def test_install_workers_on_an_older_install_upgrades_and_starts_them() -> None:
+    with EphemeralPostgres() as server:
+        url = server.url
+        code, out = run("install", "--url", url, "--version", "0.1.0", "--workers", "0")
+        assert code == 0, out
+        engine = create_engine(url)
+        try:
+            assert _worker_jobs(engine, "postgres") == []
+            code, out = run("install", "--url", url, "--workers", "2")
+            assert code == 0, out
+            assert "upgraded pgdispatch 0.1.0 ->" in out
+            assert "2 pg_cron worker(s) started" in out
+            assert _worker_jobs(engine, "postgres") == [
+                "pgdispatch:postgres:1", "pgdispatch:postgres:2", "pgdispatch:postgres:watchdog"
+            ]
+        finally:
+            engine.dispose()

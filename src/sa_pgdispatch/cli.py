@@ -36,6 +36,7 @@ from .errors import JobTimeout, NotInstalled, PgDispatchError
 from .install import InstallError, install, installed_version, uninstall
 from .urls import UrlError
 from .urls import normalize_url as _normalize_url
+from .workers import start_workers
 
 __all__ = [
     "EXIT_FAILURE",
@@ -194,15 +195,23 @@ def _require_installed(engine: sa.Engine) -> str:
 
 def cmd_install(args: argparse.Namespace, out: Output) -> int:
     engine = _engine(args)
-    before = installed_version(engine)
-    version = install(engine, version=args.version, workers=args.workers or None)
+    # --workers: a fresh install starts that many (default 1); on an existing or older
+    # install, an explicit --workers N (N >= 1) (re)starts N after the upgrade, in the
+    # same transaction; without it the role keeps the workers it has.
+    workers = 1 if args.workers is None else args.workers
+    with engine.begin() as conn:
+        before = installed_version(conn)
+        version = install(conn, version=args.version, workers=workers or None)
+        started = workers if before is None else (args.workers or 0)
+        if before is not None and started:
+            start_workers(conn, started)
+    suffix = f"; {started} pg_cron worker(s) started" if started else ""
     if before == version:
-        out.line(f"pgdispatch {version} is already installed")
+        out.line(f"pgdispatch {version} is already installed{suffix}")
     elif before is None:
-        workers = f", {args.workers} pg_cron worker(s) started" if args.workers else ""
-        out.line(f"installed pgdispatch {version}{workers}")
+        out.line(f"installed pgdispatch {version}{suffix}")
     else:
-        out.line(f"upgraded pgdispatch {before} -> {version}")
+        out.line(f"upgraded pgdispatch {before} -> {version}{suffix}")
     return EXIT_OK
 
 
@@ -530,40 +539,52 @@ def _metadata_type(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _global_options(*, top: bool) -> argparse.ArgumentParser:
+    """The options accepted before and after the command (``--url``, ``--plain``).
+
+    The top-level parser's copies hold the defaults; a command's copies default to
+    SUPPRESS, so that they leave a value given before the command alone. Each call makes
+    new Action objects: argparse shares a parent's actions with the parsers built from
+    it, and a ``set_defaults()`` on one would change the defaults of all.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--url",
-        default=argparse.SUPPRESS,
+        default=None if top else argparse.SUPPRESS,
         help="database URL (default: $SA_PGDISPATCH_URL, then $DATABASE_URL)",
     )
-    common.add_argument(
+    options.add_argument(
         "--plain",
         action="store_true",
-        default=argparse.SUPPRESS,
+        default=False if top else argparse.SUPPRESS,
         help="plain text output even in a terminal",
     )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sa-pgdispatch",
         description="Install, inspect and drive pgdispatch (asynchronous SQL side effects "
         "on pg_cron).",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 database unreachable or pgdispatch "
         "not installed, 4 wait timed out, 130 interrupted. See docs/cli.md.",
-        parents=[common],
+        parents=[_global_options(top=True)],
     )
-    parser.set_defaults(url=None, plain=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    command_options = _global_options(top=False)
 
     def add(name: str, help: str, func: Callable[[argparse.Namespace, Output], int]
             ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p = sub.add_parser(name, help=help, description=help, parents=[command_options])
         p.set_defaults(func=func)
         return p
 
     p = add("install", "install (or upgrade) pgdispatch in the database", cmd_install)
-    p.add_argument("--workers", type=_int_type(0, 16), default=1, metavar="N",
-                   help="pg_cron workers to start for the connected role (default 1; 0: none "
-                   "until the first dispatch)")
+    p.add_argument("--workers", type=_int_type(0, 16), default=None, metavar="N",
+                   help="pg_cron workers to start for the connected role (default 1 on a "
+                   "fresh install, and on an existing one the workers are left as they are; "
+                   "0: none until the first dispatch)")
     p.add_argument("--version", default=None, help="pgdispatch version (default: latest)")
 
     p = add("uninstall", "remove pgdispatch, its pg_cron jobs and definer functions",
