@@ -8,7 +8,7 @@ ARGS ?=
 .PHONY: help bootstrap test lint format typecheck demo bench clean
 
 help:
-	@echo "make test     bootstrap, lint (ruff), type-check (mypy), run the tests (ARGS=... for pytest)"
+	@echo "make test     bootstrap, lint (ruff), type-check (mypy), the tests on every pg_cron/PostgreSQL configuration (ARGS=... for pytest; SA_PGDISPATCH_MATRIX=default|managed|all)"
 	@echo "make demo     bootstrap and run the demo (sa-pgdispatch demo)"
 	@echo "make bench    bootstrap and run the benchmarks (ARGS=--quick for a smoke run; docs/benchmarks.md)"
 	@echo "make lint     ruff + mypy only"
@@ -30,7 +30,7 @@ format: bootstrap
 	$(PY) -m ruff format src tests
 
 test: lint
-	$(PY) -m pytest -q $(ARGS)
+	scripts/test-matrix.sh $(ARGS)
 
 demo: bootstrap
 	.venv/bin/sa-pgdispatch demo

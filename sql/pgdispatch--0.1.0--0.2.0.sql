@@ -803,6 +803,7 @@ BEGIN
     END IF;
   ELSIF superuser THEN
     FOR jid IN SELECT j.jobid FROM cron.job j WHERE j.jobname LIKE 'pgdispatch:%'
+                 AND j.database = current_database()
                  AND j.command LIKE 'CALL pgdispatch.%' LOOP
       PERFORM cron.unschedule(jid);
     END LOOP;
@@ -816,7 +817,7 @@ BEGIN
               HINT = 'Run SELECT pgdispatch.stop() as each of them, or uninstall as a superuser.';
     END IF;
     FOR jid IN SELECT j.jobid FROM cron.job j WHERE j.jobname LIKE 'pgdispatch:%'
-                 AND j.username = current_user LOOP
+                 AND j.database = current_database() AND j.username = current_user LOOP
       PERFORM cron.unschedule(jid);
     END LOOP;
   END IF;
@@ -1135,6 +1136,7 @@ BEGIN
   FOR jid IN
     SELECT j.jobid FROM cron.job j
      WHERE j.username = current_user AND j.jobname LIKE 'pgdispatch:%'
+       AND j.database = current_database()
        AND j.jobname <> format('pgdispatch:%s:watchdog', current_user)
        AND NOT j.jobname = ANY (ARRAY(SELECT format('pgdispatch:%s:%s', current_user, s)
                                         FROM generate_series(1, n) s))
@@ -1163,6 +1165,7 @@ BEGIN
   FOR jid IN
     SELECT j.jobid FROM cron.job j
      WHERE j.username = current_user AND j.jobname LIKE 'pgdispatch:%'
+       AND j.database = current_database()
   LOOP
     PERFORM cron.unschedule(jid);
   END LOOP;

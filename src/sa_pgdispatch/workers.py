@@ -45,9 +45,11 @@ class WorkerBudget:
     """
 
     max_worker_processes: int
-    used: int
-    free: int
-    pgdispatch_workers: int
+    #: None when other sessions' backend types are hidden from pgdispatch's owner
+    used: int | None
+    free: int | None
+    pgdispatch_workers: int | None
+    #: None when pg_cron's settings are hidden from pgdispatch's owner
     max_running_jobs: int | None
 
 
@@ -180,5 +182,7 @@ def worker_budget(conn: Connectable) -> WorkerBudget:
             " FROM pgdispatch.worker_budget()"
         )
         row = cur.fetchone()
-        assert row is not None
-        return WorkerBudget(*(None if v is None else int(v) for v in row))  # type: ignore[arg-type]
+        if row is None:
+            raise WorkerError("pgdispatch.worker_budget() returned no row")
+        values = [None if v is None else int(v) for v in row]
+        return WorkerBudget(int(row[0]), values[1], values[2], values[3], values[4])

@@ -166,6 +166,16 @@ def test_python_install_start_stop_and_uninstall_with_cron_url(
     assert set(_jobs(app)) == {
         f"pgdispatch:{app.role}:{slot}@{app.database}" for slot in ("1", "watchdog")
     }
+    # the same role's workers for pg_cron's own database leave this database's alone
+    run(pgdispatch_db, "SELECT pgdispatch.grant_usage(:r)", r=app.role)
+    run(app.cron, "SELECT pgdispatch.start(1)")
+    assert len(_jobs(app)) == 4
+    run(app.cron, "SELECT pgdispatch.stop()")
+    run(pgdispatch_db, "DELETE FROM pgdispatch.worker WHERE role = :r", r=app.role)
+    run(pgdispatch_db, "SELECT pgdispatch.revoke_usage(:r)", r=app.role)
+    assert set(_jobs(app)) == {
+        f"pgdispatch:{app.role}:{slot}@{app.database}" for slot in ("1", "watchdog")
+    }
     # the URL must be the same role's
     with pytest.raises(WorkerError, match="connect to pg_cron's database as"):
         start_workers(app.engine, cron_url=pgdispatch_server.url)
