@@ -29,7 +29,7 @@ import pytest
 JOBS = 10_000
 COMMAND = "INSERT INTO app.sink SELECT ($1->>'i')::int FROM pg_sleep(0.0005)"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cron]
 
 
 @pytest.fixture(scope="module")

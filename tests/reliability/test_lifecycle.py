@@ -22,6 +22,8 @@ from sa_pgdispatch.install import (
     upgrade,
 )
 
+pytestmark = pytest.mark.cron
+
 
 @pytest.fixture(scope="module")
 def server(rel: Any):

@@ -21,7 +21,7 @@ CLIENTS = 8
 SECONDS = float(os.environ.get("SA_PGDISPATCH_LOAD_SECONDS", "15"))
 DRAIN_BOUND = 60.0
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cron]
 
 
 def test_concurrent_trigger_load_applies_every_side_effect_exactly_once(rel: Any) -> None:

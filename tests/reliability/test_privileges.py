@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+pytestmark = pytest.mark.cron
+
 AUDIT = "INSERT INTO {s}.audit SELECT '{tag}', current_user, session_user"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cron]
 
 
 @pytest.fixture(scope="module")

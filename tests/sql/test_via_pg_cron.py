@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from .conftest import job, role_engine, rows, run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cron]
 
 
 def worker_alive(db: Engine, role: str) -> bool:

@@ -13,6 +13,8 @@ from sqlalchemy import Engine, exc, text
 
 from .conftest import drain, job, role_engine, rows, run
 
+pytestmark = pytest.mark.cron
+
 
 def test_no_job_shapes_the_next_one(db: Engine, schema: str) -> None:
     record = f'INSERT INTO "{schema}".t(v) SELECT %s'

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, text
 
 from sa_pgdispatch.testing import EphemeralPostgres, PgServer
 
+pytestmark = pytest.mark.cron
+
 LIMIT_SECONDS = 90
 
 
