@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
@@ -23,8 +26,8 @@ from sa_pgdispatch.testing.server import PgServer
 def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     out = io.StringIO()
     if env is not None:
-        saved = {k: os.environ.get(k) for k in cli.URL_ENV_VARS}
-        for k in cli.URL_ENV_VARS:
+        saved = {k: os.environ.get(k) for k in (*cli.URL_ENV_VARS, cli.CRON_URL_ENV_VAR)}
+        for k in saved:
             os.environ.pop(k, None)
         os.environ.update(env)
     try:
@@ -67,8 +70,8 @@ def dispatch(engine: Engine, command: str) -> int:
 def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     assert "Exit codes" in capsys.readouterr().out
-    for command in ("install", "uninstall", "status", "jobs", "stats", "wait", "drain",
-                    "init", "demo"):
+    for command in ("install", "uninstall", "start", "stop", "status", "jobs", "stats",
+                    "wait", "drain", "init", "demo"):
         assert cli.main([command, "--help"]) == 0
         assert f"usage: sa-pgdispatch {command}" in capsys.readouterr().out
 
@@ -91,6 +94,36 @@ def test_global_options_before_and_after_the_command(
     """A command's own copy of a global option must not reset one given before it."""
     args = cli.build_parser().parse_args(argv)
     assert (args.url, args.plain) == (url, plain)
+
+
+@pytest.mark.parametrize(
+    ("argv", "cron_url"),
+    [
+        (["--cron-url", "C", "install"], "C"),
+        (["install", "--cron-url", "C"], "C"),
+        (["--cron-url", "C", "uninstall", "--url", "A"], "C"),
+        (["--cron-url", "C", "start", "--cron-url", "D"], "D"),
+        (["stop", "--cron-url", "C"], "C"),
+        (["--url", "A", "--cron-url", "C", "status", "--plain"], "C"),
+        (["status"], None),
+    ],
+)
+def test_cron_url_before_and_after_the_command(argv: list[str], cron_url: str | None) -> None:
+    assert cli.build_parser().parse_args(argv).cron_url == cron_url
+
+
+def test_cron_url_resolution(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"SA_PGDISPATCH_CRON_URL": "postgresql://e@h/postgres"}
+    assert cli.resolve_cron_url(None, {}) is None
+    assert cli.resolve_cron_url(None, env) == "postgresql://e@h/postgres"
+    assert cli.resolve_cron_url("host=h dbname=postgres", env) == "host=h dbname=postgres"
+    assert cli.resolve_cron_url("", {"SA_PGDISPATCH_CRON_URL": ""}) is None
+    with pytest.raises(cli.UsageError, match="--cron-url"):
+        cli.resolve_cron_url("mysql://u@h/d", {})
+    code, _ = run("install", "--url", "postgresql://u@/nodb?host=/nonexistent-dir",
+                  "--cron-url", "mysql://u@h/d", env={})
+    assert code == cli.EXIT_USAGE
+    assert "cron_url must be a PostgreSQL URL" in capsys.readouterr().err
 
 
 def test_url_before_the_command_reaches_the_database(role_url: str) -> None:
@@ -137,6 +170,11 @@ def test_status(role_url: str, pgdispatch_server: PgServer) -> None:
     assert "pg_cron mode" in out
     assert "libpq" in out
     assert "cron.database_name" in out
+    assert ", in this database" in out  # pg_cron runs here
+    assert "background workers (used / max_worker_processes)" in out
+    assert "free background workers" in out
+    assert "pgdispatch's background workers" in out
+    assert "cron.max_running_jobs" in out
     assert "workers per role" in out
     assert "recent pg_cron run failures" in out
     assert "queued" in out
@@ -401,3 +439,98 @@ def test_install_workers_on_an_older_install_upgrades_and_starts_them() -> None:
             ]
         finally:
             engine.dispose()
+
+
+# ----------------------------------------------------------------------------- app database
+
+
+@pytest.fixture
+def app_db(pgdispatch_server: PgServer) -> Iterator[tuple[str, str, str, str]]:
+    """(role, app database, its URL as role, pg_cron's database URL as role): an app
+    database apart from pg_cron's, owned by a new login role that may schedule jobs in it
+    from pg_cron's database."""
+    suffix = uuid.uuid4().hex[:10]
+    role, name = f"cli_app_{suffix}", f"app_{suffix}"
+    with psycopg.connect(pgdispatch_server.dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+        admin.execute(f'GRANT USAGE ON SCHEMA cron TO "{role}"')
+        admin.execute("GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text,text,text,"
+                      f'text,text,boolean) TO "{role}"')
+    try:
+        yield (role, name, pgdispatch_server.connect_url(user=role, dbname=name),
+               pgdispatch_server.connect_url(user=role))
+    finally:
+        with psycopg.connect(pgdispatch_server.dsn, autocommit=True) as admin:
+            admin.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE username = %s",
+                          (role,))
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_install_start_stop_status_uninstall_in_an_app_database(
+    app_db: tuple[str, str, str, str], pgdispatch_db: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    role, name, url, cron_url = app_db
+    remote = [f"pgdispatch:{role}:1@{name}", f"pgdispatch:{role}:watchdog@{name}"]
+
+    code, _ = run("install", "--url", url, env={})
+    assert code == cli.EXIT_FAILURE  # a worker to start, and nowhere to say where
+    err = capsys.readouterr().err
+    assert f"pg_cron runs in database {pgdispatch_db.url.database}" in err
+    assert "--cron-url URL, or $SA_PGDISPATCH_CRON_URL" in err
+
+    code, out = run("--cron-url", cron_url, "install", "--url", url, env={})
+    assert code == 0, out
+    assert "1 pg_cron worker(s) started" in out
+    assert _worker_jobs(pgdispatch_db, role) == remote
+
+    code, out = run("status", "--url", url, env={})
+    assert code == 0, out
+    assert f"runs in database {pgdispatch_db.url.database}, not in this one" in out
+    assert "pass --cron-url" in out  # to list the jobs
+    assert "used / max_worker_processes" in out
+    # the app database's owner cannot see other sessions' backend types
+    assert re.search(r"free background workers\s+unknown\n", out)
+    code, out = run("status", "--url", url, "--cron-url", cron_url, env={})
+    assert code == 0, out
+    assert re.search(r"pg_cron\s+\d+\.\d+\S*, runs in database", out)  # read over there
+    assert remote[0] in out
+    assert remote[1] in out
+
+    code, out = run("stop", "--url", url, env={"SA_PGDISPATCH_CRON_URL": cron_url})
+    assert code == 0, out
+    assert _worker_jobs(pgdispatch_db, role) == []
+    code, out = run("start", "--url", url, "--workers", "2", "--cron-url", cron_url, env={})
+    assert code == 0, out
+    assert "started 2 pg_cron worker(s)" in out
+    assert _worker_jobs(pgdispatch_db, role) == [
+        f"pgdispatch:{role}:1@{name}", f"pgdispatch:{role}:2@{name}", remote[1]
+    ]
+    code, _ = run("start", "--url", url, env={})
+    assert code == cli.EXIT_FAILURE
+    assert "--cron-url" in capsys.readouterr().err
+
+    code, _ = run("uninstall", "--url", url, env={})
+    assert code == cli.EXIT_FAILURE  # its workers are scheduled in pg_cron's database
+    assert "--cron-url URL, or $SA_PGDISPATCH_CRON_URL" in capsys.readouterr().err
+    code, out = run("uninstall", "--url", url, env={"SA_PGDISPATCH_CRON_URL": cron_url})
+    assert code == 0, out
+    assert "uninstalled pgdispatch" in out
+    assert _worker_jobs(pgdispatch_db, role) == []
+
+
+def test_start_and_stop_in_pg_cron_database(role_url: str, pgdispatch_db: Engine) -> None:
+    role = create_engine(role_url).url.username
+    assert role is not None
+    try:
+        code, out = run("start", "--url", role_url, "--workers", "1", env={})
+        assert code == 0, out
+        assert "started 1 pg_cron worker(s)" in out
+        assert _worker_jobs(pgdispatch_db, role) == [f"pgdispatch:{role}:1",
+                                                     f"pgdispatch:{role}:watchdog"]
+    finally:
+        code, out = run("stop", "--url", role_url, env={})  # role_url's workers stay stopped
+    assert code == 0, out
+    assert _worker_jobs(pgdispatch_db, role) == []

@@ -20,11 +20,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TextIO
+from typing import Any, TextIO
 
+import psycopg
 import sqlalchemy as sa
 from alembic.util import CommandError
+from psycopg.rows import namedtuple_row
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -32,13 +35,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from . import jobs as jobs_api
-from .errors import JobTimeout, NotInstalled, PgDispatchError
+from .errors import JobTimeout, NotInstalled, PgDispatchError, WorkerError
 from .install import InstallError, install, installed_version, uninstall
 from .urls import UrlError
 from .urls import normalize_url as _normalize_url
-from .workers import start_workers
+from .workers import libpq_dsn, start_workers, stop_workers, worker_budget
 
 __all__ = [
+    "CRON_URL_ENV_VAR",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -58,6 +62,8 @@ EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
 URL_ENV_VARS = ("SA_PGDISPATCH_URL", "DATABASE_URL")
+#: The environment variable read for ``--cron-url`` (pg_cron's database, same role).
+CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
 
 
 class UsageError(PgDispatchError):
@@ -176,6 +182,25 @@ def resolve_url(given: str | None, environ: dict[str, str] | None = None) -> str
     )
 
 
+def resolve_cron_url(given: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """``--cron-url``, else ``$SA_PGDISPATCH_CRON_URL``, else None (pgdispatch lives in
+    pg_cron's database). A PostgreSQL URL (any driver: it is used through libpq) or a
+    libpq ``key=value`` string."""
+    env = os.environ if environ is None else environ
+    value = given or env.get(CRON_URL_ENV_VAR) or None
+    if value is None:
+        return None
+    try:
+        libpq_dsn(value)
+    except (WorkerError, sa_exc.ArgumentError) as exc:
+        raise UsageError(f"invalid --cron-url / ${CRON_URL_ENV_VAR}: {exc}") from None
+    return value
+
+
+def _cron_url(args: argparse.Namespace) -> str | None:
+    return resolve_cron_url(getattr(args, "cron_url", None))
+
+
 def _engine(args: argparse.Namespace) -> sa.Engine:
     return sa.create_engine(resolve_url(args.url), poolclass=NullPool)
 
@@ -199,12 +224,13 @@ def cmd_install(args: argparse.Namespace, out: Output) -> int:
     # install, an explicit --workers N (N >= 1) (re)starts N after the upgrade, in the
     # same transaction; without it the role keeps the workers it has.
     workers = 1 if args.workers is None else args.workers
+    cron_url = _cron_url(args)
     with engine.begin() as conn:
         before = installed_version(conn)
-        version = install(conn, version=args.version, workers=workers or None)
+        version = install(conn, version=args.version, workers=workers or None, cron_url=cron_url)
         started = workers if before is None else (args.workers or 0)
         if before is not None and started:
-            start_workers(conn, started)
+            start_workers(conn, started, cron_url=cron_url)
     suffix = f"; {started} pg_cron worker(s) started" if started else ""
     if before == version:
         out.line(f"pgdispatch {version} is already installed{suffix}")
@@ -217,10 +243,34 @@ def cmd_install(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
     engine = _engine(args)
-    if uninstall(engine, force=args.force):
+    if uninstall(engine, force=args.force, cron_url=_cron_url(args)):
         out.line("uninstalled pgdispatch" + (" (forced)" if args.force else ""))
     else:
         out.line("pgdispatch is not installed: nothing to do")
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    _require_installed(engine)
+    with engine.begin() as conn:
+        role = conn.execute(sa.text("SELECT current_user")).scalar_one()
+        start_workers(conn, args.workers, cron_url=_cron_url(args))
+        count = conn.execute(
+            sa.text("SELECT workers FROM pgdispatch.worker WHERE role = current_user")
+        ).scalar_one()
+    out.line(f"started {count} pg_cron worker(s) and a watchdog for role {role}")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace, out: Output) -> int:
+    engine = _engine(args)
+    _require_installed(engine)
+    with engine.begin() as conn:
+        role = conn.execute(sa.text("SELECT current_user")).scalar_one()
+        stop_workers(conn, cron_url=_cron_url(args))
+    out.line(f"stopped the pg_cron workers of role {role} (running ones exit within about a "
+             "second); dispatched jobs wait until `sa-pgdispatch start`")
     return EXIT_OK
 
 
@@ -261,14 +311,106 @@ _CRON_INFO = sa.text(
 )
 
 
+# The same, read in pg_cron's database for an app database (psycopg: % is %%).
+_REMOTE_CRON_JOBS = (
+    "SELECT j.jobid, j.jobname, j.username, j.schedule, j.active FROM cron.job j"
+    " WHERE j.jobname LIKE 'pgdispatch:%%' AND j.database = %s ORDER BY j.username, j.jobname"
+)
+_REMOTE_CRON_FAILURES = (
+    "SELECT d.start_time, j.jobname, d.status, d.return_message"
+    "  FROM cron.job_run_details d JOIN cron.job j ON j.jobid = d.jobid"
+    " WHERE j.jobname LIKE 'pgdispatch:%%' AND j.database = %s AND d.status = 'failed'"
+    " ORDER BY d.start_time DESC LIMIT %s"
+)
+
+
+@dataclass
+class _RemoteCron:
+    """pg_cron as seen from its own database, for an app database apart from it."""
+
+    version: str | None = None
+    background_workers: bool | None = None
+    jobs: list[Any] = field(default_factory=list)
+    failures: list[Any] = field(default_factory=list)
+    error: str | None = None
+
+
+def _read_remote_cron(cron_url: str, database: str, failures: int) -> _RemoteCron:
+    """pg_cron's version and mode, and this database's pgdispatch jobs and failed runs,
+    read in pg_cron's database (``--cron-url``); ``error`` says why not."""
+    try:
+        with psycopg.connect(libpq_dsn(cron_url), autocommit=True,
+                             row_factory=namedtuple_row) as cron:
+            row = cron.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"
+            ).fetchone()
+            if row is None:
+                name = cron.execute("SELECT current_database()").fetchone()
+                return _RemoteCron(error=f"--cron-url's database {name[0] if name else '?'} "
+                                   "has no pg_cron")
+            remote = _RemoteCron(version=str(row[0]))
+            try:
+                setting = cron.execute(
+                    "SELECT current_setting('cron.use_background_workers', true)"
+                ).fetchone()
+            except psycopg.errors.InsufficientPrivilege:
+                setting = None
+            if setting is not None and setting[0] is not None:
+                remote.background_workers = setting[0] == "on"
+            remote.jobs = cron.execute(_REMOTE_CRON_JOBS, (database,)).fetchall()
+            remote.failures = cron.execute(_REMOTE_CRON_FAILURES, (database, failures)).fetchall()
+            return remote
+    except psycopg.Error as exc:
+        return _RemoteCron(error=f"cannot read pg_cron's database: {_short(str(exc), 120)}")
+
+
+def _known(value: object) -> object:
+    return "unknown" if value is None else value
+
+
+def _budget_rows(conn: sa.Connection) -> list[tuple[str, object]]:
+    """The server's background workers (``pgdispatch.worker_budget()``); "unknown" for
+    what this role cannot see."""
+    try:
+        with conn.begin_nested():
+            budget = worker_budget(conn)
+    except (PgDispatchError, psycopg.Error, sa_exc.DBAPIError) as exc:
+        return [("background workers", f"unknown ({_short(str(exc), 80)})")]
+    return [
+        ("background workers (used / max_worker_processes)",
+         f"{_known(budget.used)} / {budget.max_worker_processes}"),
+        ("free background workers", _known(budget.free)),
+        ("pgdispatch's background workers", _known(budget.pgdispatch_workers)),
+        ("cron.max_running_jobs", _known(budget.max_running_jobs)),
+    ]
+
+
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     engine = _engine(args)
     version = _require_installed(engine)
+    cron_url = _cron_url(args)
     with engine.connect() as conn:
         database, user, server, cron_host = conn.execute(_SERVER).one()
         cron_version, bgw, seconds, cron_db = conn.execute(_CRON_INFO).one()
-        mode = "background workers" if bgw else "libpq"
-        if bgw and not seconds:
+        here = cron_version is not None
+        remote = (
+            _read_remote_cron(cron_url, database, args.failures)
+            if not here and cron_url is not None else None
+        )
+        if here:
+            where = f"{cron_version}, in this database"
+        else:
+            where = (f"runs in database {cron_db}, not in this one: this database's workers "
+                     "are scheduled there (cron.schedule_in_database)")
+            if remote is not None and remote.version is not None:
+                where = f"{remote.version}, {where}"
+                bgw = remote.background_workers
+        if here or (remote is not None and remote.version is not None):
+            mode = "unknown (hidden from this role)" if bgw is None else (
+                "background workers" if bgw else "libpq")
+        else:
+            mode = "unknown (pass --cron-url)"
+        if bgw and seconds is False:
             mode += (
                 " (BROKEN for long jobs on pg_cron < 1.5: set cron.use_background_workers = off)"
             )
@@ -278,10 +420,11 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             [
                 ("database", f"{database} as {user} (PostgreSQL {server})"),
                 ("pgdispatch", version),
-                ("pg_cron", cron_version),
+                ("pg_cron", where),
                 ("pg_cron mode", mode),
                 ("cron.host", cron_host if not bgw else "-"),
                 ("cron.database_name", cron_db),
+                *_budget_rows(conn),
             ],
         )
         workers = conn.execute(_WORKERS).all()
@@ -294,19 +437,33 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
                 for w in workers
             ],
         )
-        cron_jobs = conn.execute(_CRON_JOBS).all()
+        if here:
+            cron_jobs: Sequence[Any] = conn.execute(_CRON_JOBS).all()
+            failures: Sequence[Any] = conn.execute(
+                _CRON_FAILURES, {"limit": args.failures}
+            ).all()
+        elif remote is None or remote.error is not None:
+            why = remote.error if remote is not None else (
+                f"pass --cron-url (or set ${CRON_URL_ENV_VAR}) to list this database's")
+            out.line(f"pg_cron jobs: in database {cron_db}; {why}")
+            return _status_queue(engine, out)
+        else:
+            cron_jobs, failures = remote.jobs, remote.failures
         out.table(
             "pg_cron jobs",
             ["jobid", "jobname", "user", "schedule", "active"],
             [(j.jobid, j.jobname, j.username, j.schedule, j.active) for j in cron_jobs],
         )
-        failures = conn.execute(_CRON_FAILURES, {"limit": args.failures}).all()
         out.table(
             f"recent pg_cron run failures (last {args.failures})",
             ["started", "jobname", "status", "message"],
             [(f.start_time, f.jobname, f.status, _short(f.return_message or "", 80))
              for f in failures],
         )
+    return _status_queue(engine, out)
+
+
+def _status_queue(engine: sa.Engine, out: Output) -> int:
     _print_stats(out, jobs_api.stats(engine), title="queue")
     return EXIT_OK
 
@@ -540,7 +697,8 @@ def _metadata_type(text: str) -> str:
 
 
 def _global_options(*, top: bool) -> argparse.ArgumentParser:
-    """The options accepted before and after the command (``--url``, ``--plain``).
+    """The options accepted before and after the command (``--url``, ``--cron-url``,
+    ``--plain``).
 
     The top-level parser's copies hold the defaults; a command's copies default to
     SUPPRESS, so that they leave a value given before the command alone. Each call makes
@@ -552,6 +710,14 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
         "--url",
         default=None if top else argparse.SUPPRESS,
         help="database URL (default: $SA_PGDISPATCH_URL, then $DATABASE_URL)",
+    )
+    options.add_argument(
+        "--cron-url",
+        metavar="URL",
+        default=None if top else argparse.SUPPRESS,
+        help="when pgdispatch lives in another database than pg_cron's (an app database): "
+        "a URL of pg_cron's database (cron.database_name) for the same role, where the "
+        "workers are scheduled (default: $SA_PGDISPATCH_CRON_URL)",
     )
     options.add_argument(
         "--plain",
@@ -591,6 +757,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd_uninstall)
     p.add_argument("--force", action="store_true",
                    help="also when jobs are queued or dispatch triggers exist (drops them)")
+
+    p = add("start", "schedule the connected role's pg_cron workers (again)", cmd_start)
+    p.add_argument("--workers", type=_int_type(1, 16), default=None, metavar="N",
+                   help="how many (default: as many as the role has, else "
+                   "settings.default_workers)")
+
+    add("stop", "unschedule the connected role's pg_cron workers", cmd_stop)
 
     p = add("status", "versions, pg_cron mode, workers per role, recent failures, queue",
             cmd_status)
@@ -658,6 +831,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> 
         return EXIT_FAILURE
     except (PgDispatchError, InstallError, sa_exc.DBAPIError) as exc:
         message = str(exc.orig) if isinstance(exc, sa_exc.DBAPIError) else str(exc)
+        if isinstance(exc, InstallError | WorkerError) and "pass cron_url" in message:
+            message += f" (here: --cron-url URL, or ${CRON_URL_ENV_VAR})"
         err.line(f"sa-pgdispatch: {message}".strip())
         return EXIT_FAILURE
     except KeyboardInterrupt:
