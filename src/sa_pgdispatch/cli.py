@@ -3,8 +3,11 @@
 ``sa-pgdispatch [--url URL] COMMAND ...``; the URL may also come from
 ``$SA_PGDISPATCH_URL`` or ``$DATABASE_URL`` (``postgresql://`` and ``postgres://`` are
 read as ``postgresql+psycopg://``; other drivers are refused: :mod:`sa_pgdispatch.urls`).
-Tables are drawn with rich in a terminal and printed as plain aligned text otherwise
-(pipes, logs, CI). See docs/cli.md.
+In an app database apart from pg_cron's, ``--cron-url`` (or ``$SA_PGDISPATCH_CRON_URL``)
+is pg_cron's database for the same role, where install/uninstall/start/stop schedule
+the workers. The global options go before or after the command. Tables are drawn with
+rich in a terminal and printed as plain aligned text otherwise (pipes, logs, CI). See
+docs/cli.md.
 
 Exit codes: 0 success; 1 failure (a pgdispatch or database error, ``wait`` on a job
 that failed or was cancelled, ``demo`` with a missing side effect); 2 usage error
