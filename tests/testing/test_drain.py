@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -200,3 +202,96 @@ def test_the_fixture(pgdispatch_drain: Drainer, pgdispatch_db: Engine, engine: E
     finally:
         with pgdispatch_db.begin() as conn:
             conn.execute(text(f"DROP TABLE {table}"))
+
+
+def _watchdogs(engine: Engine, role: str) -> int:
+    """The role's sessions running a watchdog, once the closed ones are gone (a backend
+    exits a moment after its client closed the connection)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with engine.connect() as conn:
+            count = int(
+                conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE usename = :r"
+                         " AND application_name = 'pgdispatch watchdog'"),
+                    {"r": role},
+                ).scalar_one()
+            )
+        if count == 0 or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
+
+
+def test_drain_enforces_job_timeouts(engine: Engine, role: str) -> None:
+    """A job past its timeout is interrupted and fails as on a worker (the role's
+    watchdog logic runs beside the drain), and the drain goes on with the next job."""
+    slow = dispatch(engine, "SELECT pg_sleep(5)", timeout=timedelta(milliseconds=200))
+    after = dispatch(engine, "INSERT INTO sink VALUES (1)")
+    started = time.monotonic()
+    assert drain(engine) == 2
+    # interrupted within about a second, as by a worker's watchdog (which polls every
+    # second while none of the role's jobs runs)
+    assert time.monotonic() - started < 3.5
+    job = jobs.get(engine, slow)
+    assert job.state is JobState.FAILED
+    assert job.error is not None
+    assert job.error["sqlstate"] == "57014"
+    assert job.error["message"].startswith("job exceeded its timeout of")
+    assert job.run_time is not None
+    assert job.run_time >= timedelta(milliseconds=200)  # never early
+    assert jobs.get(engine, after).state is JobState.SUCCEEDED
+    assert sink(engine) == [1]
+    assert _watchdogs(engine, role) == 0  # the drain's watchdog ended with it
+
+
+def test_drain_retries_a_timed_out_job_with_attempts_left(engine: Engine) -> None:
+    job_id = dispatch(
+        engine, "SELECT pg_sleep(5)", timeout=timedelta(milliseconds=200), max_attempts=2
+    )
+    drain(engine)
+    job = jobs.get(engine, job_id)
+    assert job.state is JobState.QUEUED  # waiting for its retry, as on a worker
+    assert job.error is not None
+    assert job.error["message"].startswith("job exceeded its timeout of")
+    jobs.cancel(engine, job_id)
+
+
+def test_drain_interrupts_a_job_cancelled_while_running(engine: Engine) -> None:
+    job_id = dispatch(engine, "SELECT pg_sleep(5)")
+
+    def cancel_when_running() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if jobs.get(engine, job_id).state is JobState.RUNNING:
+                assert jobs.cancel(engine, job_id) is True
+                return
+            time.sleep(0.02)
+
+    canceller = threading.Thread(target=cancel_when_running, daemon=True)
+    canceller.start()
+    started = time.monotonic()
+    assert drain(engine) == 1
+    canceller.join()
+    assert time.monotonic() - started < 3.5
+    job = jobs.get(engine, job_id)
+    assert job.state is JobState.CANCELLED
+    assert job.error is not None
+    assert job.error["message"] == "job cancelled while running"
+
+
+async def test_drain_async_enforces_job_timeouts(
+    engine: Engine, pgdispatch_server: PgServer, role: str
+) -> None:
+    slow = dispatch(engine, "SELECT pg_sleep(5)", timeout=timedelta(milliseconds=200))
+    aengine = create_async_engine(pgdispatch_server.connect_url(user=role))
+    try:
+        started = time.monotonic()
+        assert await drain_async(aengine) == 1
+        assert time.monotonic() - started < 3.5
+    finally:
+        await aengine.dispose()
+    job = jobs.get(engine, slow)
+    assert job.state is JobState.FAILED
+    assert job.error is not None
+    assert job.error["message"].startswith("job exceeded its timeout of")
+    assert _watchdogs(engine, role) == 0

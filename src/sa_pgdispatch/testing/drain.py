@@ -3,8 +3,16 @@
 :func:`drain` calls ``CALL pgdispatch.work(drain => true)`` on an autocommit
 connection: every due job of the *connected* role runs in that session, exactly as a
 pg_cron worker of that role would run it (same subtransaction per job, same history,
-same retries), then it returns how many jobs finished. Jobs become visible when the
-transaction that dispatched them commits, so commit before draining.
+same retries, same timeouts), then it returns how many jobs finished. Jobs become
+visible when the transaction that dispatched them commits, so commit before draining.
+
+Timeouts and cancellations: on a server, the role's pg_cron watchdog
+(``pgdispatch.watchdog()``) interrupts a job past its timeout, or one cancelled while it
+runs, and ``work()`` records it (``job exceeded its timeout of ...``, ``job cancelled
+while running``). While a drain runs, that same watchdog procedure runs on a second
+connection of the same role (:class:`_Watchdog`), so that a drained job times out and
+is cancelled exactly as on a worker. (When the role's own pg_cron watchdog is running,
+it holds the watchdog lock and does the work; the drain's waits for its turn.)
 
 The ``pgdispatch_drain`` pytest fixture is :func:`drain` bound to the
 ``pgdispatch_db`` engine (see docs/testing-your-app.md).
@@ -12,11 +20,22 @@ The ``pgdispatch_drain`` pytest fixture is :func:`drain` bound to the
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    nullcontext,
+    suppress,
+)
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
 import sqlalchemy as sa
 from psycopg import pq
+from psycopg.conninfo import make_conninfo
 
 from ..errors import DrainError, NotInstalled
 
@@ -28,7 +47,17 @@ __all__ = ["Drainer", "drain", "drain_async"]
 DrainTarget: TypeAlias = "sa.Engine | sa.Connection | psycopg.Connection[Any]"
 AsyncDrainTarget: TypeAlias = "AsyncEngine | AsyncConnection | psycopg.AsyncConnection[Any]"
 
-_START = "SELECT clock_timestamp()"
+# when the drain started, and whether pgdispatch has the watchdog procedure
+_START = "SELECT clock_timestamp(), to_regprocedure('pgdispatch.watchdog(interval)') IS NOT NULL"
+# One watchdog round: the procedure runs for max_runtime, then the drain's watchdog
+# thread calls it again until the drain ends (and cancels the round in progress).
+_WATCHDOG = "CALL pgdispatch.watchdog(max_runtime => interval '10 seconds')"
+# A round that returns at once found the role's watchdog lock taken (its pg_cron
+# watchdog, or another drain's): try again after this long, to take over when it ends.
+_WATCHDOG_RETRY = 0.2
+# The watchdog's connection copies the drained one's parameters: not a statement_timeout
+# they may set (a round lasts 10 s).
+_WATCHDOG_SESSION = "SET statement_timeout = 0"
 _HAS_MAX_JOBS = (
     "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
     " WHERE n.nspname = 'pgdispatch' AND p.proname = 'work'"
@@ -72,6 +101,132 @@ def _not_idle(what: str) -> DrainError:
     )
 
 
+def _watchdog_conninfo(raw: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    """How to open another connection as the drained one: same parameters, same role
+    (the password is not part of ``info.dsn``)."""
+    password = raw.info.password
+    if password:
+        return make_conninfo(raw.info.dsn, password=password)
+    return raw.info.dsn
+
+
+def _watchdog_unavailable(exc: psycopg.Error) -> DrainError:
+    return DrainError(
+        "drain() could not open the connection of its watchdog, which interrupts jobs past "
+        f"their timeout as the role's pg_cron watchdog does: {exc}"
+    )
+
+
+def _watchdog_failed(exc: BaseException) -> DrainError:
+    return DrainError(f"the watchdog of the drain failed, job timeouts were not enforced: {exc}")
+
+
+class _Watchdog(AbstractContextManager["_Watchdog"]):
+    """``pgdispatch.watchdog()`` for the drained role, on a connection of its own in a
+    thread, while the drain runs: a job past its timeout (or cancelled while running)
+    is interrupted with ``pg_cancel_backend()`` and ``work()`` records it as a worker
+    does. Leaving the block cancels the round in progress and closes the connection
+    (which releases the watchdog lock); an error of the watchdog itself is raised then
+    as a :class:`DrainError` (unless the drain is raising already)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        try:
+            self.conn = psycopg.connect(_watchdog_conninfo(raw), autocommit=True)
+            self.conn.execute(_WATCHDOG_SESSION)
+        except psycopg.Error as exc:
+            raise _watchdog_unavailable(exc) from exc
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="pgdispatch drain watchdog",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                while not self.stopping.is_set():
+                    began = time.monotonic()
+                    cur.execute(_WATCHDOG)
+                    if time.monotonic() - began < _WATCHDOG_RETRY:
+                        self.stopping.wait(_WATCHDOG_RETRY)
+        except psycopg.Error as exc:
+            if not self.stopping.is_set():
+                self.error = exc
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stopping.set()
+        cancel = getattr(self.conn, "cancel_safe", self.conn.cancel)
+        deadline = time.monotonic() + 10
+        # (repeated: a cancel that arrives between two rounds is lost)
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            with suppress(psycopg.Error):
+                cancel()
+            self.thread.join(0.05)
+        self.conn.close()
+        if self.error is not None and exc_type is None:
+            raise _watchdog_failed(self.error) from self.error
+
+
+class _AsyncWatchdog(AbstractAsyncContextManager["_AsyncWatchdog"]):
+    """:class:`_Watchdog` for :func:`drain_async`: an asyncio task on an async
+    connection of its own."""
+
+    def __init__(self, raw: psycopg.AsyncConnection[Any]) -> None:
+        self.raw = raw
+        self.stopping = asyncio.Event()
+        self.error: BaseException | None = None
+
+    async def __aenter__(self) -> _AsyncWatchdog:
+        try:
+            self.conn = await psycopg.AsyncConnection.connect(
+                _watchdog_conninfo(self.raw), autocommit=True
+            )
+            await self.conn.execute(_WATCHDOG_SESSION)
+        except psycopg.Error as exc:
+            raise _watchdog_unavailable(exc) from exc
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        try:
+            async with self.conn.cursor() as cur:
+                while not self.stopping.is_set():
+                    began = time.monotonic()
+                    await cur.execute(_WATCHDOG)
+                    if time.monotonic() - began < _WATCHDOG_RETRY:
+                        with suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self.stopping.wait(), _WATCHDOG_RETRY)
+        except psycopg.Error as exc:
+            if not self.stopping.is_set():
+                self.error = exc
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + 10
+        while not self.task.done() and time.monotonic() < deadline:
+            with suppress(psycopg.Error):
+                if hasattr(self.conn, "cancel_safe"):
+                    await self.conn.cancel_safe()
+                else:  # psycopg < 3.2
+                    self.conn.cancel()
+            await asyncio.wait({self.task}, timeout=0.05)
+        if not self.task.done():
+            self.task.cancel()
+        await self.conn.close()
+        if self.error is not None and exc_type is None:
+            raise _watchdog_failed(self.error) from self.error
+
+
 def _drain_raw(raw: psycopg.Connection[Any], max_jobs: int | None) -> int:
     if raw.info.transaction_status != pq.TransactionStatus.IDLE:
         raise _not_idle(f"transaction status {raw.info.transaction_status.name}")
@@ -81,13 +236,18 @@ def _drain_raw(raw: psycopg.Connection[Any], max_jobs: int | None) -> int:
         with raw.cursor() as cur:
             started = cur.execute(_START).fetchone()
             assert started is not None
-            if max_jobs is None:
-                cur.execute(_WORK)
-            else:
+            if max_jobs is not None:
                 has = cur.execute(_HAS_MAX_JOBS).fetchone()
                 if not (has and has[0]):
                     raise _no_max_jobs()
-                cur.execute(_WORK_MAX, (max_jobs,))
+            watchdog: AbstractContextManager[Any] = (
+                _Watchdog(raw) if started[1] else nullcontext()
+            )
+            with watchdog:
+                if max_jobs is None:
+                    cur.execute(_WORK)
+                else:
+                    cur.execute(_WORK_MAX, (max_jobs,))
             row = cur.execute(_FINISHED, (started[0],)).fetchone()
             return int(row[0]) if row else 0
     except psycopg.Error as exc:
@@ -111,6 +271,10 @@ def drain(conn_or_engine: DrainTarget, *, max_jobs: int | None = None) -> int:
 
     ``max_jobs`` stops after that many jobs (needs ``work(max_jobs => ...)`` in the
     installed SQL; raises :class:`DrainError` otherwise).
+
+    Job timeouts and cancellations of running jobs are enforced as on a worker: the
+    role's watchdog runs on a second connection (same parameters) while the jobs run;
+    :class:`DrainError` when it cannot be opened.
     """
     _check_max_jobs(max_jobs)
     if isinstance(conn_or_engine, sa.Engine):
@@ -139,13 +303,18 @@ async def _drain_raw_async(raw: psycopg.AsyncConnection[Any], max_jobs: int | No
         async with raw.cursor() as cur:
             started = await (await cur.execute(_START)).fetchone()
             assert started is not None
-            if max_jobs is None:
-                await cur.execute(_WORK)
-            else:
+            if max_jobs is not None:
                 has = await (await cur.execute(_HAS_MAX_JOBS)).fetchone()
                 if not (has and has[0]):
                     raise _no_max_jobs()
-                await cur.execute(_WORK_MAX, (max_jobs,))
+            watchdog: AbstractAsyncContextManager[Any] = (
+                _AsyncWatchdog(raw) if started[1] else nullcontext()
+            )
+            async with watchdog:
+                if max_jobs is None:
+                    await cur.execute(_WORK)
+                else:
+                    await cur.execute(_WORK_MAX, (max_jobs,))
             row = await (await cur.execute(_FINISHED, (started[0],))).fetchone()
             return int(row[0]) if row else 0
     except psycopg.Error as exc:
