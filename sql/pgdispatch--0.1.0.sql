@@ -1060,13 +1060,18 @@ BEGIN
   EXECUTE format('GRANT USAGE ON SEQUENCE pgdispatch.job_id_seq TO %I', role_name);
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgdispatch TO %I', role_name);
   EXECUTE format('GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA pgdispatch TO %I', role_name);
+  -- (pg_cron 1.5 replaced cron.unschedule(name) with cron.unschedule(text))
   IF NOT has_schema_privilege(role_name, 'cron', 'USAGE')
      OR NOT has_function_privilege(role_name, 'cron.schedule(text,text,text)', 'EXECUTE')
-     OR NOT has_function_privilege(role_name, 'cron.unschedule(name)', 'EXECUTE') THEN
+     OR NOT has_function_privilege(role_name, coalesce(to_regprocedure('cron.unschedule(name)'),
+                                                       to_regprocedure('cron.unschedule(text)')),
+                                   'EXECUTE') THEN
     BEGIN
       EXECUTE format('GRANT USAGE ON SCHEMA cron TO %I', role_name);
-      EXECUTE format('GRANT EXECUTE ON FUNCTION cron.schedule(text,text,text), '
-                     'cron.unschedule(name), cron.unschedule(bigint) TO %I', role_name);
+      EXECUTE format('GRANT EXECUTE ON FUNCTION cron.schedule(text,text,text), %s, '
+                     'cron.unschedule(bigint) TO %I',
+                     coalesce(to_regprocedure('cron.unschedule(name)'),
+                              to_regprocedure('cron.unschedule(text)')), role_name);
     EXCEPTION WHEN insufficient_privilege THEN
       RAISE WARNING 'pgdispatch: % could not grant USAGE on schema cron to %', current_user, role_name
         USING HINT = format('Ask a superuser to run: GRANT USAGE ON SCHEMA cron TO %I; without it %s '

@@ -128,7 +128,7 @@ def test_first_dispatch_starts_workers_and_stop_keeps_them_stopped(
         schedule = (
             "* * * * *"
             if run(db, "SELECT NOT (pgdispatch.cron_info()).second_schedules")
-            else "10 seconds"
+            else "1 seconds"
         )
         assert cron_jobs(db, bob) == [
             {
