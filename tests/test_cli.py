@@ -469,6 +469,7 @@ def app_db(pgdispatch_server: PgServer) -> Iterator[tuple[str, str, str, str]]:
             admin.execute(f'DROP ROLE "{role}"')
 
 
+@pytest.mark.cron
 def test_install_start_stop_status_uninstall_in_an_app_database(
     app_db: tuple[str, str, str, str], pgdispatch_db: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -521,6 +522,7 @@ def test_install_start_stop_status_uninstall_in_an_app_database(
     assert _worker_jobs(pgdispatch_db, role) == []
 
 
+@pytest.mark.cron
 def test_start_and_stop_in_pg_cron_database(role_url: str, pgdispatch_db: Engine) -> None:
     role = create_engine(role_url).url.username
     assert role is not None
