@@ -10,6 +10,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, Text, column, create_en
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from sa_pgdispatch.errors import PgDispatchError
 from sa_pgdispatch.triggers import (
     CreateDefinerTriggerFunction,
     CreateDispatchTrigger,
@@ -17,6 +18,7 @@ from sa_pgdispatch.triggers import (
     DispatchTriggerError,
     DispatchTriggerInfo,
     DropDispatchTrigger,
+    IntervalOptionError,
     check_when_text,
     create_dispatch_trigger_ddl,
     dispatch_triggers,
@@ -509,3 +511,84 @@ def test_standardise_strings(text, scs, expected):
 def test_row_references_have_distinct_cache_keys():
     assert new_row("a")._generate_cache_key() != old_row("a")._generate_cache_key()
     assert new_row("a")._generate_cache_key() == new_row("a")._generate_cache_key()
+
+
+# ---------------------------------------------------------------------------------------
+# interval text: validated when declared, by what PostgreSQL makes of it
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("delay", "-5 seconds", "negative"),
+        ("delay", "5 seconds ago", "negative"),
+        ("delay", "@ -1 hour", "negative"),
+        ("delay", "@ 1 hour ago", "negative"),
+        ("delay", "-00:00:01", "negative"),
+        ("delay", "-1 12:00:00", "negative"),  # -1 day +12 hours
+        ("delay", "1 day -25 hours", "negative"),
+        ("delay", "1 mon -31 days", "negative"),  # a month compares as 30 days
+        ("delay", "P-1D", "negative"),
+        ("delay", "PT-0.5S", "negative"),
+        ("delay", "-1-2", "negative"),  # SQL years-months
+        ("delay", "-0.000001", "negative"),  # a bare number is seconds
+        # postgres style reads +1 hour, sql_standard -1 day -25 hours
+        ("delay", "-1 25:00:00", "sql_standard"),
+        ("timeout", "0 seconds", "positive"),
+        ("timeout", "0", "positive"),
+        ("timeout", "PT0S", "positive"),
+        ("timeout", "1 day -24 hours", "positive"),
+        ("timeout", "0.0000001 seconds", "positive"),  # rounds to 0 microseconds
+        ("timeout", "-1 ms", "positive"),
+        ("delay", "5 parsecs", "not an interval"),
+        ("delay", "1:70", "not an interval"),
+        ("delay", "1 day 2 days", "not an interval"),
+        ("delay", "5 ago", "not an interval"),
+        ("delay", "P1X", "not an interval"),
+        ("delay", "1.5 s 10 ms", "not an interval"),  # a fraction of seconds takes ms, us
+        ("delay", "seconds", "not an interval"),
+    ],
+)
+def test_interval_text_is_validated_when_declared(option, value, message):
+    """Such a value made create_all / the migration succeed and then every INSERT on the
+    table fail (pgdispatch.trigger() casts it when it fires)."""
+    with pytest.raises(DispatchTriggerError, match=message) as info:
+        DispatchTrigger("t", "app.fn", **{option: value})
+    err = info.value
+    assert isinstance(err, PgDispatchError)
+    assert isinstance(err, ValueError)
+    assert isinstance(err, IntervalOptionError)
+    assert f"{option} {value!r}" in str(err)
+    assert (err.option, err.value) == (option, value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("delay", "0 seconds"),
+        ("delay", "0"),
+        ("delay", "PT0S"),
+        ("delay", "5 seconds"),
+        ("delay", "-5 seconds ago"),
+        ("delay", "@ 1 hour"),
+        ("delay", "1 day -1 hour"),
+        ("delay", "1 mon -29 days"),
+        ("delay", "00:00:05"),
+        ("delay", "1:30.5"),  # mm:ss.f
+        ("delay", "+1 -00:00:01"),
+        ("delay", "1-2"),
+        ("delay", "P1Y2M3DT4H5M6.5S"),
+        ("delay", "P0001-02-03T04:05:06"),
+        ("delay", "2 weeks 1.5 days 3 hours 20 min 1 s 10 ms 7 us"),
+        ("delay", "1 century 1 decade 1 millennium"),
+        ("timeout", "1 microsecond"),
+        ("timeout", "0.5"),
+        ("timeout", "30 seconds"),
+        ("timeout", "PT0.000001S"),
+        ("timeout", "-1 12:00:00 ago"),
+    ],
+)
+def test_valid_interval_text_is_accepted_when_declared(option, value):
+    trigger = DispatchTrigger("t", "app.fn", **{option: value})
+    assert getattr(trigger, option) == value
+    assert trigger.unchecked_intervals == ()  # decided without a server

@@ -30,12 +30,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.schema import CreateSchema, DropSchema
 
+from sa_pgdispatch.errors import PgDispatchError
 from sa_pgdispatch.triggers import (
     CreateDispatchTrigger,
     DispatchTrigger,
     DispatchTriggerError,
     DispatchTriggerInfo,
     DropDispatchTrigger,
+    IntervalOptionError,
     PgDispatchNotInstalledError,
     create_dispatch_trigger_ddl,
     definitions_equal,
@@ -662,3 +664,60 @@ def test_percent_signs_everywhere_round_trip(pgdispatch_db: Engine, app: str) ->
     finally:
         with pgdispatch_db.begin() as conn:
             conn.execute(DropSchema(odd, cascade=True))
+
+
+# ---------------------------------------------------------------------------------------
+# interval text too exotic to decide offline: checked through the server before the DDL
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": "-5. seconds"}, "negative"),  # '5.' reads differently across versions
+        ({"timeout": "0. seconds"}, "zero"),
+        ({"delay": "infinity"}, "not an interval PostgreSQL accepts"),
+    ],
+)
+def test_create_all_checks_undecided_intervals_before_the_ddl(
+    pgdispatch_db: Engine, app: str, options: dict[str, str], message: str
+) -> None:
+    metadata = MetaData()
+    trigger = DispatchTrigger("t_bad", f"{app}.record", **options)  # type: ignore[arg-type]
+    assert trigger.unchecked_intervals  # not decided offline
+    Table("t", metadata, Column("id", Integer), trigger, schema=app)
+    with pytest.raises(IntervalOptionError, match=message) as info, pgdispatch_db.begin() as conn:
+        metadata.create_all(conn)
+    assert isinstance(info.value, PgDispatchError)
+    with pgdispatch_db.connect() as conn:
+        assert conn.scalar(text("SELECT to_regclass(:t)"), {"t": f"{app}.t"}) is None
+
+
+def test_create_all_accepts_undecided_intervals_the_server_reads_as_valid(
+    pgdispatch_db: Engine, app: str
+) -> None:
+    metadata = MetaData()
+    trigger = DispatchTrigger(
+        "t_ok", f"{app}.record", delay="0. seconds", timeout="5. seconds"
+    )
+    assert trigger.unchecked_intervals == (("delay", "0. seconds"), ("timeout", "5. seconds"))
+    table = Table("t", metadata, Column("id", Integer), trigger, schema=app)
+    with pgdispatch_db.begin() as conn:
+        metadata.create_all(conn)
+        # the check leaves the session as it was
+        assert conn.scalar(text("SHOW IntervalStyle")) == "postgres"
+        conn.execute(table.insert().values(id=1))  # fires the trigger: the options work
+    drain(pgdispatch_db)
+    assert effects(pgdispatch_db, app) == [{"id": 1}]
+
+
+def test_ddl_constructs_check_undecided_intervals_when_executed(
+    pgdispatch_db: Engine, app: str
+) -> None:
+    metadata = MetaData()
+    trigger = DispatchTrigger("t_exec", f"{app}.record", delay="-1. hour")
+    table = Table("t", metadata, Column("id", Integer), schema=app)
+    with pgdispatch_db.begin() as conn:
+        table.create(conn)
+        with pytest.raises(IntervalOptionError, match="negative"):
+            conn.execute(CreateDispatchTrigger(trigger, table))
+        assert trigger_names(conn, app) == []

@@ -54,6 +54,8 @@ from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from . import statements
+from ._interval import Interval, NotAnInterval, Undecided, read_interval
+from .errors import PgDispatchError
 from .statements import quote_literal
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "DispatchTriggerError",
     "DispatchTriggerInfo",
     "DropDispatchTrigger",
+    "IntervalOptionError",
     "PgDispatchNotInstalledError",
     "RowReference",
     "check_installed",
@@ -105,6 +108,17 @@ WhenArg: TypeAlias = (
 
 class DispatchTriggerError(sa_exc.ArgumentError):
     """A dispatch trigger definition is invalid."""
+
+
+class IntervalOptionError(DispatchTriggerError, PgDispatchError, ValueError):
+    """A ``delay`` / ``timeout`` that ``pgdispatch.trigger()`` would refuse each time the
+    trigger fires: not an interval, a negative delay, a timeout that is not positive.
+    ``option`` and ``value`` are the option's name and value as given."""
+
+    def __init__(self, option: str, value: object, message: str) -> None:
+        self.option = option
+        self.value = value
+        super().__init__(message)
 
 
 class PgDispatchNotInstalledError(sa_exc.InvalidRequestError):
@@ -474,24 +488,122 @@ def _format_timedelta(value: dt.timedelta) -> str:
     return f"{seconds} seconds"
 
 
-def _interval_option(value: IntervalArg | None, what: str, *, positive: bool) -> str | None:
+def _wanted(positive: bool) -> str:
+    return "positive" if positive else "zero or positive"
+
+
+def _describe(value: Interval) -> str:
+    parts = []
+    if value.months:
+        parts.append(f"{value.months} months")
+    if value.days:
+        parts.append(f"{value.days} days")
+    if value.microseconds or not parts:
+        seconds = f"{abs(value.microseconds) // 10**6}.{abs(value.microseconds) % 10**6:06d}"
+        seconds = seconds.rstrip("0").rstrip(".")
+        parts.append(f"{'-' if value.microseconds < 0 else ''}{seconds} seconds")
+    return " ".join(parts)
+
+
+def _interval_text_decided(text: str, what: str, *, positive: bool) -> bool:
+    """Check interval text as PostgreSQL reads it (:mod:`sa_pgdispatch._interval`):
+    True when valid, :class:`IntervalOptionError` when not, False when the text is too
+    exotic to decide without a server (see :meth:`DispatchTrigger.check_intervals`)."""
+    try:
+        readings = read_interval(text)
+    except NotAnInterval as err:
+        raise IntervalOptionError(
+            what, text,
+            f"{what} {text!r} is not an interval PostgreSQL accepts ({err}): use a timedelta "
+            "or text such as '5 seconds', '1 hour 30 minutes', '00:00:05' or 'PT5S'",
+        ) from None
+    except Undecided:
+        return False
+    for style, value in readings.items():
+        if value.sign < 0 or (positive and value.sign == 0):
+            how = "negative" if value.sign < 0 else "zero"
+            if style == "sql_standard":
+                reason = (
+                    f"is {how} in a session whose IntervalStyle is sql_standard (a leading '-' "
+                    f"then applies to every field: {_describe(value)}), "
+                    f"{_describe(readings['postgres'])} in the others"
+                )
+            else:
+                reason = f"is {how}: PostgreSQL reads it as {_describe(value)}"
+            raise IntervalOptionError(
+                what, text,
+                f"{what} {text!r} {reason}; a dispatch trigger's {what} must be "
+                f"{_wanted(positive)} (pgdispatch.trigger() would refuse it on every "
+                "INSERT, UPDATE or DELETE that fires the trigger)",
+            )
+    return True
+
+
+def _interval_option(
+    value: IntervalArg | None, what: str, *, positive: bool
+) -> tuple[str | None, bool]:
+    """The option's text and whether it is known to be valid (False: check it through
+    the server before the DDL runs)."""
     if value is None:
-        return None
+        return None, True
     if isinstance(value, dt.timedelta):
         if value < dt.timedelta(0) or (positive and value == dt.timedelta(0)):
-            raise DispatchTriggerError(
-                f"{what} must be {'positive' if positive else 'zero or positive'}, got {value!r}"
+            raise IntervalOptionError(
+                what, value, f"{what} must be {_wanted(positive)}, got {value!r}"
             )
-        return _format_timedelta(value)
+        return _format_timedelta(value), True
     if isinstance(value, str):
         stripped = value.strip()
         if not stripped or not _INTERVAL_TEXT.match(stripped):
-            raise DispatchTriggerError(
+            raise IntervalOptionError(
+                what, value,
                 f"{what} {value!r} is not an interval: use a timedelta or text such as "
-                "'5 seconds' (letters, digits, spaces and . : + - @ only)"
+                "'5 seconds' (letters, digits, spaces and . : + - @ only)",
             )
-        return stripped
+        return stripped, _interval_text_decided(stripped, what, positive=positive)
     raise DispatchTriggerError(f"{what} must be a timedelta or an interval string, got {value!r}")
+
+
+def check_interval_on_server(conn: Connection, text_value: str, what: str, *, positive: bool
+                             ) -> None:
+    """Check interval text through the server: ``CAST(... AS interval)`` under each
+    IntervalStyle that reads input differently (``postgres``, ``sql_standard``), in a
+    savepoint that is rolled back. Raises :class:`IntervalOptionError`."""
+    for style in ("postgres", "sql_standard"):
+        savepoint = conn.begin_nested()
+        try:
+            conn.execute(text("SELECT set_config('IntervalStyle', :style, true)"),
+                         {"style": style})
+            row = conn.execute(
+                text(
+                    "SELECT CAST(CAST(:v AS interval) AS text),"
+                    " CAST(:v AS interval) < interval '0', CAST(:v AS interval) = interval '0'"
+                ),
+                {"v": text_value},
+            ).one()
+        except sa_exc.DBAPIError as err:
+            savepoint.rollback()
+            raise IntervalOptionError(
+                what, text_value,
+                f"{what} {text_value!r} is not an interval PostgreSQL accepts "
+                f"({_first_line(err)})",
+            ) from None
+        savepoint.rollback()
+        shown, negative, zero = str(row[0]), bool(row[1]), bool(row[2])
+        if negative or (positive and zero):
+            where = " in a session whose IntervalStyle is sql_standard" if (
+                style == "sql_standard") else ""
+            raise IntervalOptionError(
+                what, text_value,
+                f"{what} {text_value!r} is {'negative' if negative else 'zero'}{where} "
+                f"(PostgreSQL reads it as {shown!r}); a dispatch trigger's {what} must be "
+                f"{_wanted(positive)} (pgdispatch.trigger() would refuse it on every "
+                "INSERT, UPDATE or DELETE that fires the trigger)",
+            )
+
+
+def _first_line(err: sa_exc.DBAPIError) -> str:
+    return (str(err.orig) if err.orig is not None else str(err)).strip().splitlines()[0]
 
 
 def _int_option(value: int | None, what: str, *, minimum: int) -> str | None:
@@ -681,8 +793,17 @@ class DispatchTrigger(SchemaItem):
                 f"got {when!r}"
             )
 
-        self.delay = _interval_option(delay, "delay", positive=False)
-        self.timeout = _interval_option(timeout, "timeout", positive=True)
+        self.delay, delay_known = _interval_option(delay, "delay", positive=False)
+        self.timeout, timeout_known = _interval_option(timeout, "timeout", positive=True)
+        #: interval texts too exotic to decide offline: ``(option, text)``, checked
+        #: through the server before the trigger's DDL runs (:meth:`check_intervals`)
+        self.unchecked_intervals: tuple[tuple[str, str], ...] = tuple(
+            (option, value)
+            for option, value, known in (
+                ("delay", self.delay, delay_known), ("timeout", self.timeout, timeout_known)
+            )
+            if value is not None and not known
+        )
         self.priority = _int_option(priority, "priority", minimum=_INT32[0])
         self.max_attempts = _int_option(max_attempts, "max_attempts", minimum=1)
 
@@ -742,6 +863,13 @@ class DispatchTrigger(SchemaItem):
                 )
         if self.when is not None and not isinstance(self.when, str):
             self._when_expression(table)
+
+    def check_intervals(self, conn: Connection) -> None:
+        """Check through the server the interval texts that could not be decided when
+        the trigger was declared (:attr:`unchecked_intervals`); raises
+        :class:`IntervalOptionError`. The DDL constructs call it before they run."""
+        for option, value in self.unchecked_intervals:
+            check_interval_on_server(conn, value, option, positive=option == "timeout")
 
     def _after_create(self, target: Table, connection: Connection, **kw: Any) -> None:
         if connection.dialect.name != "postgresql":
@@ -968,6 +1096,13 @@ class CreateDispatchTrigger(ExecutableDDLElement):
         trigger._check_table(self.table)
         self.or_replace = or_replace
         self.default_schema = default_schema
+
+    def _execute_on_connection(self, connection: Connection, *args: Any, **kw: Any) -> Any:
+        # interval texts not decided when declared are checked on the server first: a
+        # bad one would make every statement that fires the trigger fail
+        if connection.dialect.name == "postgresql":
+            self.trigger.check_intervals(connection)
+        return super()._execute_on_connection(connection, *args, **kw)  # type: ignore[no-untyped-call]
 
 
 class DropDispatchTrigger(ExecutableDDLElement):

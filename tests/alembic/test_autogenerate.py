@@ -8,13 +8,14 @@ restricted to the test's schema (``include_schemas`` + ``include_name``).
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import produce_migrations
+from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.operations import Operations, ops
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
@@ -26,7 +27,11 @@ from sa_pgdispatch.alembic import (
     ReplaceDispatchTriggerOp,
     TriggerDefinition,
 )
-from sa_pgdispatch.triggers import DispatchTrigger, reflect_dispatch_triggers
+from sa_pgdispatch.triggers import (
+    DispatchTrigger,
+    IntervalOptionError,
+    reflect_dispatch_triggers,
+)
 
 
 @pytest.fixture
@@ -252,3 +257,54 @@ def test_percent_signs_and_quotes_survive_online_ddl(conn: sa.Connection, schema
     (info,) = reflect_dispatch_triggers(conn, schema=schema)
     assert info.when == "(new.status ~~ '100%% o''clock%'::text)"
     assert _diff(conn, metadata, schema) == []
+
+
+def test_online_create_checks_undecided_intervals_through_the_server(
+    conn: sa.Connection, schema: str
+) -> None:
+    metadata = sa.MetaData()
+    _profiles(metadata, schema).create(conn)
+    op = Operations(MigrationContext.configure(connection=conn))
+    with pytest.raises(IntervalOptionError, match="negative"):
+        op.create_dispatch_trigger(  # type: ignore[attr-defined]
+            "notify", "profiles", "effect", schema=schema, delay="-5. seconds"
+        )
+    assert reflect_dispatch_triggers(conn, schema=schema) == []
+    op.create_dispatch_trigger(  # type: ignore[attr-defined]
+        "notify", "profiles", "effect", schema=schema, delay="5. seconds"
+    )
+    [info] = reflect_dispatch_triggers(conn, schema=schema)
+    assert info.delay == "00:00:05"
+
+
+def test_a_trigger_with_a_bad_interval_made_by_hand_is_replaced(
+    conn: sa.Connection, schema: str
+) -> None:
+    """A trigger made before intervals were checked (every INSERT fails): declaring a good
+    delay autogenerates a replace whose existing= holds the bad one; it runs."""
+    _profiles(sa.MetaData(), schema).create(conn)
+    conn.exec_driver_sql(
+        f'CREATE TRIGGER notify AFTER INSERT OR UPDATE ON "{schema}".profiles FOR EACH ROW '
+        f"EXECUTE FUNCTION pgdispatch.trigger('{schema}.effect', 'delay=-5 seconds')"
+    )
+    declared = sa.MetaData()
+    _profiles(declared, schema, _trigger(delay="5 seconds"))
+    (replace,) = _diff(conn, declared, schema)
+    assert isinstance(replace, ReplaceDispatchTriggerOp)
+    assert replace.existing is not None
+    assert replace.existing.delay == "-00:00:05"
+    lines = render_python_code(ops.UpgradeOps(ops=[replace])).splitlines()
+    rendered = textwrap.dedent("\n".join(ln for ln in lines if not ln.strip().startswith("#")))
+    recorded: list[Any] = []
+
+    class Op:
+        def replace_dispatch_trigger(self, *args: Any, **kw: Any) -> None:
+            recorded.append((args, kw))
+
+    exec(compile(rendered, "<rendered>", "exec"), {"op": Op()})
+    [(args, kw)] = recorded
+    op = Operations(MigrationContext.configure(connection=conn))
+    op.replace_dispatch_trigger(*args, **kw)  # type: ignore[attr-defined]
+    [info] = reflect_dispatch_triggers(conn, schema=schema)
+    assert info.delay == "00:00:05"
+    assert _diff(conn, declared, schema) == []

@@ -35,6 +35,7 @@ from sa_pgdispatch.alembic import (
     load_target_metadata,
     resolve_cron_url,
 )
+from sa_pgdispatch.errors import PgDispatchError
 from sa_pgdispatch.install import (
     InstallError,
     available_versions,
@@ -42,7 +43,7 @@ from sa_pgdispatch.install import (
     uninstall_sql,
     upgrade_sql,
 )
-from sa_pgdispatch.triggers import DispatchTriggerError
+from sa_pgdispatch.triggers import DispatchTriggerError, IntervalOptionError
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 
@@ -570,3 +571,66 @@ def test_offline_upgrade_writes_the_upgrade_scripts() -> None:
     operations, buf = _offline()
     operations.upgrade_pgdispatch(versions[-1], from_version=versions[0])  # type: ignore[attr-defined]
     assert upgrade_sql(versions[0], versions[-1]).strip() in buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": "-5 seconds"}, "negative"),
+        ({"delay": "5 seconds ago"}, "negative"),
+        ({"delay": "@ -1 hour"}, "negative"),
+        ({"timeout": "0 seconds"}, "zero"),
+        ({"timeout": "PT0S"}, "zero"),
+        ({"delay": "5 parsecs"}, "not an interval"),
+    ],
+)
+def test_create_dispatch_trigger_validates_interval_text_when_called(
+    options: dict[str, str], message: str
+) -> None:
+    """These made the migration succeed and every INSERT on the table fail afterwards."""
+    operations, buf = _offline()
+    with pytest.raises(IntervalOptionError, match=message) as info:
+        operations.create_dispatch_trigger(  # type: ignore[attr-defined]
+            "welcome", "profiles", "app.send_welcome", **options
+        )
+    assert isinstance(info.value, PgDispatchError)
+    assert isinstance(info.value, ValueError)
+    assert buf.getvalue() == ""
+    with pytest.raises(IntervalOptionError, match=message):
+        operations.replace_dispatch_trigger(  # type: ignore[attr-defined]
+            "welcome", "profiles", "app.send_welcome", **options
+        )
+
+
+def test_offline_create_refuses_interval_text_it_cannot_check() -> None:
+    operations, buf = _offline()
+    with pytest.raises(IntervalOptionError, match="cannot be checked") as info:
+        operations.create_dispatch_trigger(  # type: ignore[attr-defined]
+            "welcome", "profiles", "app.send_welcome", delay="5. seconds"
+        )
+    assert "delay '5. seconds'" in str(info.value)
+    assert "CREATE TRIGGER" not in buf.getvalue()
+
+
+def test_dropping_a_trigger_whose_definition_has_a_bad_interval() -> None:
+    """An existing trigger made before intervals were checked: autogenerate writes its
+    definition into the drop (and into the existing= of a replace); the migration runs,
+    only re-creating that trigger (the reverse) is refused."""
+    operations, buf = _offline()
+    operations.drop_dispatch_trigger(  # type: ignore[attr-defined]
+        "welcome", "profiles", function="app.send_welcome", delay="-00:00:05"
+    )
+    operations.replace_dispatch_trigger(  # type: ignore[attr-defined]
+        "welcome", "profiles", "app.send_welcome", delay="00:00:05",
+        existing={"function": "app.send_welcome", "timeout": "00:00:00"},
+    )
+    assert buf.getvalue().count("DROP TRIGGER welcome ON profiles") == 2
+    assert "'delay=00:00:05'" in buf.getvalue()
+    drop = DropDispatchTriggerOp.from_definition(
+        "welcome", "profiles", function="app.send_welcome", delay="-00:00:05"
+    )
+    with pytest.raises(DispatchTriggerOpError, match="cannot be re-created: delay '-00:00:05'"):
+        drop.reverse()

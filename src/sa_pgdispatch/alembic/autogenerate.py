@@ -28,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -43,6 +44,7 @@ from ..triggers import (
     INFO_KEY,
     DispatchTrigger,
     DispatchTriggerInfo,
+    IntervalOptionError,
     definitions_equal,
     dispatch_triggers,
     reflect_dispatch_triggers,
@@ -135,7 +137,20 @@ def _detached(info: DispatchTriggerInfo) -> DispatchTrigger | None:
     """A DispatchTrigger for a reflected trigger (for include_object), or None when the
     trigger is not one a DispatchTrigger can express."""
     try:
-        return TriggerDefinition.from_info(info).to_trigger(info.name)
+        definition = TriggerDefinition.from_info(info)
+        for _ in range(2):  # delay, timeout
+            try:
+                return definition.to_trigger(info.name)
+            except IntervalOptionError as exc:
+                # made before intervals were checked: every statement firing it fails.
+                # It is still the trigger a declared one replaces (or a drop removes);
+                # include_object sees it without that option.
+                log.warning("sa_pgdispatch: trigger %s on %s: %s", info.name, info.table_name, exc)
+                if exc.option == "delay":
+                    definition = dataclasses.replace(definition, delay=None)
+                else:
+                    definition = dataclasses.replace(definition, timeout=None)
+        return definition.to_trigger(info.name)
     except (DispatchTriggerOpError, sa_exc.ArgumentError) as exc:
         log.warning("sa_pgdispatch: leaving trigger %s on %s alone: %s",
                     info.name, info.table_name, exc)

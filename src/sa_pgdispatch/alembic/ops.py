@@ -43,6 +43,7 @@ from ..triggers import (
     DispatchTrigger,
     DispatchTriggerInfo,
     DropDispatchTrigger,
+    IntervalOptionError,
     check_installed,
     create_dispatch_trigger_ddl,
 )
@@ -384,7 +385,24 @@ class UpgradePgdispatchOp(MigrateOperation):
 # dispatch triggers
 
 
+def _definition_to_recreate(
+    trigger_name: str, values: Mapping[str, Any]
+) -> tuple[TriggerDefinition | None, IntervalOptionError | None]:
+    """A definition given only so that an operation can be reversed (a drop's, the
+    ``existing`` of a replace): a trigger whose delay or timeout an older sa_pgdispatch
+    let through (and pgdispatch.trigger() refuses) must not stop the migration that
+    drops or replaces it. Only re-creating it is refused, by the reverse."""
+    try:
+        return TriggerDefinition.from_mapping(trigger_name, values), None
+    except IntervalOptionError as exc:
+        return None, exc
+
+
 class _TriggerOp(MigrateOperation):
+    #: why the definition to re-create the trigger from is unusable (see
+    #: _definition_to_recreate); the reverse raises it
+    definition_error: IntervalOptionError | None = None
+
     def __init__(
         self,
         trigger_name: str,
@@ -399,6 +417,11 @@ class _TriggerOp(MigrateOperation):
         self.definition = definition
 
     def _required_definition(self, what: str) -> TriggerDefinition:
+        if self.definition is None and self.definition_error is not None:
+            raise DispatchTriggerOpError(
+                f"{what} trigger {self.trigger_name!r} on {self.table_name!r}: its definition "
+                f"cannot be re-created: {self.definition_error}"
+            ) from self.definition_error
         if self.definition is None:
             raise DispatchTriggerOpError(
                 f"{what} trigger {self.trigger_name!r} on {self.table_name!r}: its definition is "
@@ -508,8 +531,22 @@ class DropDispatchTriggerOp(_TriggerOp):
         ``create_dispatch_trigger``) is optional for the drop itself; autogenerate
         always writes it, so that the operation can be reversed.
         """
-        parsed = TriggerDefinition.from_mapping(trigger_name, definition) if definition else None
-        operations.invoke(cls(trigger_name, table_name, parsed, schema=schema))
+        operations.invoke(cls.from_definition(trigger_name, table_name, schema, **definition))
+
+    @classmethod
+    def from_definition(
+        cls, trigger_name: str, table_name: str, schema: str | None = None, **definition: Any
+    ) -> DropDispatchTriggerOp:
+        """The operation ``drop_dispatch_trigger()`` runs (``definition`` only serves the
+        reverse: one with a delay or timeout pgdispatch.trigger() refuses is kept as the
+        reverse's error, and the drop still runs)."""
+        parsed, error = (
+            _definition_to_recreate(trigger_name, definition) if definition else (None, None)
+        )
+        op = cls(trigger_name, table_name, parsed, schema=schema)
+        if error is not None:
+            op.definition_error = error
+        return op
 
     @classmethod
     def from_info(cls, info: DispatchTriggerInfo, *, schema: str | None) -> DropDispatchTriggerOp:
@@ -586,12 +623,25 @@ class ReplaceDispatchTriggerOp(_TriggerOp):
             timeout=timeout,
             security=security,
         )
-        old = TriggerDefinition.from_mapping(trigger_name, existing) if existing else None
-        operations.invoke(
-            cls(trigger_name, table_name, definition, schema=schema, existing=old)
+        old, error = (
+            _definition_to_recreate(trigger_name, existing) if existing else (None, None)
         )
+        op = cls(trigger_name, table_name, definition, schema=schema, existing=old)
+        if error is not None:
+            op.existing_error = error
+        operations.invoke(op)
+
+    #: why ``existing`` cannot be restored (a delay or timeout pgdispatch.trigger()
+    #: refuses); the reverse raises it
+    existing_error: IntervalOptionError | None = None
 
     def reverse(self) -> ReplaceDispatchTriggerOp:
+        if self.existing is None and self.existing_error is not None:
+            raise DispatchTriggerOpError(
+                f"cannot reverse the replacement of trigger {self.trigger_name!r} on "
+                f"{self.table_name!r}: the definition it replaced cannot be re-created: "
+                f"{self.existing_error}"
+            ) from self.existing_error
         if self.existing is None:
             raise DispatchTriggerOpError(
                 f"cannot reverse the replacement of trigger {self.trigger_name!r} on "
@@ -823,7 +873,17 @@ def _table(operation: _TriggerOp) -> TableClause:
 def _create(operations: Operations, operation: _TriggerOp, definition: TriggerDefinition,
             *, or_replace: bool = False) -> None:
     trigger = definition.to_trigger(operation.trigger_name)
-    if not _context(operations).as_sql:
+    if _context(operations).as_sql:
+        # online, the DDL checks them through the server before it runs (CreateDispatchTrigger)
+        for option, value in trigger.unchecked_intervals:
+            raise IntervalOptionError(
+                option, value,
+                f"{option} {value!r} cannot be checked without a database (offline --sql "
+                "mode), and pgdispatch.trigger() would refuse it on every statement that "
+                "fires the trigger if it is not a valid interval: write it as a timedelta or "
+                "as plain text such as '5 seconds', '1 hour 30 minutes' or 'PT5S'",
+            )
+    else:
         # a clear error instead of "function pgdispatch.trigger() does not exist"
         check_installed(_connection(operations))
     for ddl in create_dispatch_trigger_ddl(trigger, _table(operation), or_replace=or_replace):
