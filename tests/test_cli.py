@@ -536,3 +536,17 @@ def test_start_and_stop_in_pg_cron_database(role_url: str, pgdispatch_db: Engine
         code, out = run("stop", "--url", role_url, env={})  # role_url's workers stay stopped
     assert code == 0, out
     assert _worker_jobs(pgdispatch_db, role) == []
+
+
+def test_wait_shows_a_captured_result_as_json(role_url: str, role_engine: Engine) -> None:
+    with role_engine.begin() as conn:
+        job_id = int(
+            conn.execute(
+                text("SELECT pgdispatch.dispatch(:c, capture => true)"),
+                {"c": "SELECT 12345678901234567890.5 AS n, 'x' AS s, NULL AS z"},
+            ).scalar_one()
+        )
+    drain(role_engine)
+    code, out = run("wait", str(job_id), "--url", role_url)
+    assert code == 0
+    assert '[{"n": 12345678901234567890.5, "s": "x", "z": null}]' in out

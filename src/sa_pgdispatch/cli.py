@@ -18,6 +18,7 @@ that failed or was cancelled, ``demo`` with a missing side effect); 2 usage erro
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TextIO
 
 import psycopg
@@ -151,6 +153,17 @@ def _duration(value: timedelta | None) -> str:
     if abs(seconds) < 120:
         return f"{seconds:.2f} s"
     return str(timedelta(seconds=round(seconds)))
+
+
+def _json(value: object) -> str:
+    """A job's result as JSON text, its exact numbers (Decimal) written as numbers."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json(v) for v in value) + "]"
+    return json.dumps(value, default=str)
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -585,7 +598,7 @@ def cmd_wait(args: argparse.Namespace, out: Output) -> int:
         ("start latency", _duration(job.start_latency)),
         ("run time", _duration(job.run_time)),
         ("rows affected", job.rows_affected),
-        *([("result", _short(str(job.result), 200))] if job.capture else []),
+        *([("result", _short(_json(job.result), 200))] if job.capture else []),
         *[(f"error {k}", v) for k, v in (job.error or {}).items()],
     ])
     return EXIT_OK if job.state is jobs_api.JobState.SUCCEEDED else EXIT_FAILURE
