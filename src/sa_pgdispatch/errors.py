@@ -11,7 +11,9 @@ Every exception raised on purpose by the job API, the CLI and the test helpers i
     ├── JobTimeout            wait() gave up; carries the job as last seen
     ├── JobFailed             the job ended in state failed; carries its error
     ├── JobCancelled          the job ended in state cancelled
-    └── DrainError            drain() cannot run on this connection
+    ├── DrainError            drain() cannot run on this connection
+    ├── triggers.IntervalOptionError  a trigger's delay/timeout pgdispatch.trigger() refuses
+    └── urls.UrlError         a database URL that is not PostgreSQL through psycopg 3
 
 Database errors that are not about pgdispatch (a lost connection, a syntax error in
 your own SQL) are left as SQLAlchemy raises them.
