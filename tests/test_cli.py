@@ -379,11 +379,15 @@ def test_heroku_style_urls_are_read_as_psycopg() -> None:
 
 
 def _worker_jobs(engine: Engine, role: str) -> list[str]:
+    """The role's pg_cron jobs for pgdispatch, by what they run: the worker slots ("1",
+    "2", ...) and "watchdog" (whatever their job names)."""
     with engine.connect() as conn:
-        return list(
+        return sorted(
             conn.execute(
-                text("SELECT jobname FROM cron.job WHERE username = :r AND jobname LIKE"
-                     " 'pgdispatch:%' ORDER BY jobname"),
+                text("SELECT coalesce(substring(command FROM 'slot => ([0-9]+)'),"
+                     " CASE WHEN command LIKE '%pgdispatch.watchdog%' THEN 'watchdog' END,"
+                     " command)"
+                     " FROM cron.job WHERE username = :r AND jobname LIKE 'pgdispatch:%'"),
                 {"r": role},
             ).scalars()
         )
@@ -402,9 +406,7 @@ def test_install_workers_on_an_existing_install_starts_them(
         assert code == 0, out
         assert "already installed" in out
         assert "2 pg_cron worker(s) started" in out
-        assert _worker_jobs(pgdispatch_db, role) == [
-            f"pgdispatch:{role}:1", f"pgdispatch:{role}:2", f"pgdispatch:{role}:watchdog"
-        ]
+        assert _worker_jobs(pgdispatch_db, role) == ["1", "2", "watchdog"]
         # without --workers an existing install keeps the workers it has
         code, out = run("install", "--url", url)
         assert code == 0, out
@@ -412,9 +414,7 @@ def test_install_workers_on_an_existing_install_starts_them(
         assert len(_worker_jobs(pgdispatch_db, role)) == 3
         code, out = run("install", "--url", url, "--workers", "1")
         assert code == 0, out
-        assert _worker_jobs(pgdispatch_db, role) == [
-            f"pgdispatch:{role}:1", f"pgdispatch:{role}:watchdog"
-        ]
+        assert _worker_jobs(pgdispatch_db, role) == ["1", "watchdog"]
     finally:
         with engine.begin() as conn:
             conn.execute(text("SELECT pgdispatch.stop()"))
@@ -434,9 +434,7 @@ def test_install_workers_on_an_older_install_upgrades_and_starts_them() -> None:
             assert code == 0, out
             assert "upgraded pgdispatch 0.1.0 ->" in out
             assert "2 pg_cron worker(s) started" in out
-            assert _worker_jobs(engine, "postgres") == [
-                "pgdispatch:postgres:1", "pgdispatch:postgres:2", "pgdispatch:postgres:watchdog"
-            ]
+            assert _worker_jobs(engine, "postgres") == ["1", "2", "watchdog"]
         finally:
             engine.dispose()
 
