@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .errors import PgDispatchError
+
 __all__ = ["Interval", "NotAnInterval", "Undecided", "read_interval"]
 
 USECS_PER_SEC = 1_000_000
@@ -40,11 +42,11 @@ _SANE_FIELD = 2**30
 _SANE_USEC = 2**62
 
 
-class NotAnInterval(ValueError):
+class NotAnInterval(PgDispatchError, ValueError):
     """PostgreSQL rejects this text as an interval."""
 
 
-class Undecided(Exception):
+class Undecided(PgDispatchError):
     """Too exotic to read offline with certainty: ask the server."""
 
 

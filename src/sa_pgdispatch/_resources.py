@@ -12,13 +12,11 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from .errors import ResourceNotFound
+
 __all__ = ["ResourceNotFound", "sql_dir", "template_dir"]
 
 _PACKAGE = "sa_pgdispatch"
-
-
-class ResourceNotFound(FileNotFoundError):
-    """A resource folder is neither in the installed package nor in the source tree."""
 
 
 def _package_dir() -> Path:

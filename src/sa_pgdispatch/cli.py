@@ -40,7 +40,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from . import jobs as jobs_api
-from .errors import JobTimeout, NotInstalled, PgDispatchError, WorkerError
+from .errors import JobTimeout, NotInstalled, PgDispatchError, UsageError, WorkerError
 from .install import InstallError, install, installed_version, uninstall
 from .urls import UrlError
 from .urls import normalize_url as _normalize_url
@@ -69,10 +69,6 @@ EXIT_INTERRUPTED = 130
 URL_ENV_VARS = ("SA_PGDISPATCH_URL", "DATABASE_URL")
 #: The environment variable read for ``--cron-url`` (pg_cron's database, same role).
 CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
-
-
-class UsageError(PgDispatchError):
-    """A command line that cannot work (exit 2)."""
 
 
 # ---------------------------------------------------------------------------------------

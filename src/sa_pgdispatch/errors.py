@@ -1,33 +1,68 @@
-"""The exceptions of sa_pgdispatch's Python API.
+"""The exceptions of sa_pgdispatch: every one it raises on purpose, in one tree.
 
-Every exception raised on purpose by the job API, the CLI and the test helpers is a
-:class:`PgDispatchError`::
+Every exception raised on purpose by the job API, the SQLAlchemy and Alembic
+integrations, the CLI and the test helpers is a :class:`PgDispatchError`; some are also
+a built-in or SQLAlchemy/Alembic exception (in parentheses), so that code catching those
+keeps working. Each class is defined here (but ``PgdispatchMigrationError``, in
+:mod:`sa_pgdispatch.alembic`, which imports Alembic) and importable from the module that
+raises it too::
 
     PgDispatchError
-    ├── NotInstalled          pgdispatch is not installed in this database
-    ├── PermissionDenied      the connected role may not use pgdispatch (grant_usage)
-    ├── JobNotFound           no such job, or it belongs to another role
-    ├── JobNotFinished        the job is still queued or running (result() without wait)
-    ├── JobTimeout            wait() gave up; carries the job as last seen
-    ├── JobFailed             the job ended in state failed; carries its error
-    ├── JobCancelled          the job ended in state cancelled
-    ├── DrainError            drain() cannot run on this connection
-    ├── triggers.IntervalOptionError  a trigger's delay/timeout pgdispatch.trigger() refuses
-    └── urls.UrlError         a database URL that is not PostgreSQL through psycopg 3
+    ├── NotInstalled            pgdispatch is not installed in this database
+    │   └── PgDispatchNotInstalledError  triggers: pgdispatch.trigger() is missing
+    │                           (sqlalchemy.exc.InvalidRequestError)
+    ├── PermissionDenied        the connected role may not use pgdispatch (grant_usage)
+    ├── JobNotFound             no such job, or it belongs to another role (LookupError)
+    ├── JobNotFinished          the job is still queued or running (result() without wait)
+    ├── JobTimeout              wait() gave up; carries the job as last seen (TimeoutError)
+    ├── JobFailed               the job ended in state failed; carries its error
+    ├── JobCancelled            the job ended in state cancelled
+    ├── WorkerError             a role's pg_cron workers cannot be started or stopped
+    ├── DrainError              testing.drain() cannot run on this connection
+    ├── InstallError            install: cannot install, upgrade or uninstall (RuntimeError)
+    │   └── alembic.PgdispatchMigrationError  the same, in a migration
+    │                           (alembic.util.CommandError)
+    ├── ResourceNotFound        the package's SQL scripts or template are missing
+    │                           (FileNotFoundError)
+    ├── DispatchRenderError     statements: not renderable as safe SQL (ValueError)
+    ├── DispatchTriggerError    triggers: an invalid DispatchTrigger
+    │   │                       (sqlalchemy.exc.ArgumentError)
+    │   └── IntervalOptionError a delay/timeout pgdispatch.trigger() refuses (ValueError)
+    ├── DispatchTriggerOpError  alembic: a trigger operation that cannot be built,
+    │                           reversed or run (ValueError)
+    ├── UrlError                urls: not PostgreSQL through psycopg 3 (ValueError)
+    ├── UsageError              cli: a command line that cannot work (exit 2)
+    └── HarnessError            testing: the test server cannot be found, set up or
+        │                       used (RuntimeError)
+        ├── PostgresNotFound    no PostgreSQL server binaries
+        ├── PgCronNotFound      a PostgreSQL without pg_cron
+        └── BackendUnavailable  the test backend cannot run here (the plugin skips)
 
 Database errors that are not about pgdispatch (a lost connection, a syntax error in
-your own SQL) are left as SQLAlchemy raises them.
+your own SQL) are left as SQLAlchemy or psycopg raise them.
+
+This module imports nothing from the rest of the package (``Job`` is only named for
+type checkers), so that every other module can import it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy import exc as sa_exc
+
 if TYPE_CHECKING:
     from .jobs import Job
 
 __all__ = [
+    "BackendUnavailable",
+    "DispatchRenderError",
+    "DispatchTriggerError",
+    "DispatchTriggerOpError",
     "DrainError",
+    "HarnessError",
+    "InstallError",
+    "IntervalOptionError",
     "JobCancelled",
     "JobFailed",
     "JobNotFinished",
@@ -35,7 +70,13 @@ __all__ = [
     "JobTimeout",
     "NotInstalled",
     "PermissionDenied",
+    "PgCronNotFound",
     "PgDispatchError",
+    "PgDispatchNotInstalledError",
+    "PostgresNotFound",
+    "ResourceNotFound",
+    "UrlError",
+    "UsageError",
     "WorkerError",
 ]
 
@@ -46,6 +87,12 @@ class PgDispatchError(Exception):
 
 class NotInstalled(PgDispatchError):
     """pgdispatch (the ``pgdispatch`` schema) is not installed in the connected database."""
+
+
+class PgDispatchNotInstalledError(NotInstalled, sa_exc.InvalidRequestError):
+    """pgdispatch is not installed in the database (``pgdispatch.trigger()`` is missing):
+    raised before dispatch triggers are created. A :class:`NotInstalled`, and a
+    SQLAlchemy ``InvalidRequestError`` as it has always been."""
 
 
 class PermissionDenied(PgDispatchError):
@@ -135,6 +182,65 @@ class WorkerError(PgDispatchError):
 
 class DrainError(PgDispatchError):
     """:func:`sa_pgdispatch.testing.drain` cannot run jobs on the given connection."""
+
+
+class InstallError(PgDispatchError, RuntimeError):
+    """pgdispatch cannot be installed, upgraded or uninstalled as asked."""
+
+
+class ResourceNotFound(PgDispatchError, FileNotFoundError):
+    """A resource folder is neither in the installed package nor in the source tree."""
+
+
+class DispatchRenderError(PgDispatchError, ValueError):
+    """A statement or value cannot be rendered as self-contained SQL safely."""
+
+
+class DispatchTriggerError(PgDispatchError, sa_exc.ArgumentError):
+    """A dispatch trigger definition is invalid."""
+
+
+class IntervalOptionError(DispatchTriggerError, ValueError):
+    """A ``delay`` / ``timeout`` that ``pgdispatch.trigger()`` would refuse each time the
+    trigger fires: not an interval, a negative delay, a timeout that is not positive.
+    ``option`` and ``value`` are the option's name and value as given."""
+
+    def __init__(self, option: str, value: object, message: str) -> None:
+        self.option = option
+        self.value = value
+        super().__init__(message)
+
+
+class DispatchTriggerOpError(PgDispatchError, ValueError):
+    """A pgdispatch migration operation cannot be built, reversed or run as asked."""
+
+
+class UrlError(PgDispatchError, ValueError):
+    """A database URL sa_pgdispatch cannot use: not a URL, not PostgreSQL, or another
+    driver than psycopg 3."""
+
+
+class UsageError(PgDispatchError):
+    """A command line that cannot work (exit 2)."""
+
+
+class HarnessError(PgDispatchError, RuntimeError):
+    """The test PostgreSQL server could not be found, set up, started or used."""
+
+
+class PostgresNotFound(HarnessError):
+    """No PostgreSQL server binaries (postgres, initdb, pg_ctl) were found."""
+
+
+class PgCronNotFound(HarnessError):
+    """The PostgreSQL installation found has no pg_cron extension."""
+
+
+class BackendUnavailable(HarnessError):
+    """The selected backend cannot run here (for example: no Docker engine answers).
+
+    The pytest plugin turns this into a skip, with the message as the reason.
+    """
 
 
 def _str(value: object) -> str | None:

@@ -22,6 +22,7 @@ import psycopg
 
 from ._connections import Connectable, raw_connection
 from ._resources import sql_dir
+from .errors import InstallError
 from .workers import cron_statements, run_in_cron_database, unschedule_for_uninstall
 
 __all__ = [
@@ -43,10 +44,6 @@ _INSTALL_RE = re.compile(r"^pgdispatch--(\d+\.\d+\.\d+)\.sql$")
 _UPGRADE_RE = re.compile(r"^pgdispatch--(\d+\.\d+\.\d+)--(\d+\.\d+\.\d+)\.sql$")
 # Serialises concurrent installs/upgrades of the same database.
 _INSTALL_LOCK = 1885824111
-
-
-class InstallError(RuntimeError):
-    """pgdispatch cannot be installed, upgraded or uninstalled as asked."""
 
 
 def _key(version: str) -> tuple[int, ...]:

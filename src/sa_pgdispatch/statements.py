@@ -69,6 +69,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
 
 from . import functions
+from .errors import DispatchRenderError
 
 __all__ = [
     "DispatchRenderError",
@@ -79,10 +80,6 @@ __all__ = [
     "render_sql",
     "snooze",
 ]
-
-
-class DispatchRenderError(ValueError):
-    """A statement or value cannot be rendered as self-contained SQL safely."""
 
 
 # ---------------------------------------------------------------------------

@@ -55,7 +55,12 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from . import statements
 from ._interval import Interval, NotAnInterval, Undecided, read_interval
-from .errors import PgDispatchError
+from .errors import (
+    DispatchTriggerError,
+    IntervalOptionError,
+    PgDispatchError,
+    PgDispatchNotInstalledError,
+)
 from .statements import quote_literal
 
 __all__ = [
@@ -104,25 +109,6 @@ IntervalArg: TypeAlias = "dt.timedelta | str"
 WhenArg: TypeAlias = (
     "str | elements.ColumnElement[Any] | Callable[[Any], elements.ColumnElement[Any]]"
 )
-
-
-class DispatchTriggerError(sa_exc.ArgumentError):
-    """A dispatch trigger definition is invalid."""
-
-
-class IntervalOptionError(DispatchTriggerError, PgDispatchError, ValueError):
-    """A ``delay`` / ``timeout`` that ``pgdispatch.trigger()`` would refuse each time the
-    trigger fires: not an interval, a negative delay, a timeout that is not positive.
-    ``option`` and ``value`` are the option's name and value as given."""
-
-    def __init__(self, option: str, value: object, message: str) -> None:
-        self.option = option
-        self.value = value
-        super().__init__(message)
-
-
-class PgDispatchNotInstalledError(sa_exc.InvalidRequestError):
-    """pgdispatch is not installed in the database (``pgdispatch.trigger()`` is missing)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,7 +213,7 @@ def _qualified(schema: str, name: str) -> str:
 # find the WHEN clause in pg_get_triggerdef() output
 
 
-class _SqlScanError(ValueError):
+class _SqlScanError(PgDispatchError, ValueError):
     pass
 
 

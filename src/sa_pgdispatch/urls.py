@@ -16,7 +16,7 @@ from __future__ import annotations
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from .errors import PgDispatchError
+from .errors import UrlError
 
 __all__ = ["DRIVERNAME", "UrlError", "normalize_url"]
 
@@ -26,11 +26,6 @@ DRIVERNAME = "postgresql+psycopg"
 _BACKENDS = ("postgresql", "postgres")
 _PSYCOPG3 = ("", "psycopg", "psycopg_async")
 _EXAMPLE = "postgresql://user:password@host/dbname"
-
-
-class UrlError(PgDispatchError, ValueError):
-    """A database URL sa_pgdispatch cannot use: not a URL, not PostgreSQL, or another
-    driver than psycopg 3."""
 
 
 def normalize_url(raw: str | URL) -> URL:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql.expression import TableClause
 
-from ..errors import WorkerError
+from ..errors import DispatchTriggerOpError, WorkerError
 from ..install import InstallError, install, install_sql, uninstall, uninstall_sql, upgrade
 from ..install import upgrade_sql as _upgrade_sql
 from ..triggers import (
@@ -87,10 +87,6 @@ CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
 CRON_URL_INI_OPTION = "sa_pgdispatch.cron_url"
 
 IntervalArg = dt.timedelta | str
-
-
-class DispatchTriggerOpError(ValueError):
-    """A pgdispatch migration operation cannot be built, reversed or run as asked."""
 
 
 class PgdispatchMigrationError(InstallError, CommandError):

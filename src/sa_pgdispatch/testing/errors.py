@@ -1,24 +1,8 @@
-"""Errors raised by the sa_pgdispatch test harness."""
+"""Errors raised by the sa_pgdispatch test harness (defined in :mod:`sa_pgdispatch.errors`:
+a :class:`HarnessError` is a :class:`~sa_pgdispatch.errors.PgDispatchError`)."""
 
 from __future__ import annotations
 
+from ..errors import BackendUnavailable, HarnessError, PgCronNotFound, PostgresNotFound
+
 __all__ = ["BackendUnavailable", "HarnessError", "PgCronNotFound", "PostgresNotFound"]
-
-
-class HarnessError(RuntimeError):
-    """The test PostgreSQL server could not be found, set up, started or used."""
-
-
-class PostgresNotFound(HarnessError):
-    """No PostgreSQL server binaries (postgres, initdb, pg_ctl) were found."""
-
-
-class PgCronNotFound(HarnessError):
-    """The PostgreSQL installation found has no pg_cron extension."""
-
-
-class BackendUnavailable(HarnessError):
-    """The selected backend cannot run here (for example: no Docker engine answers).
-
-    The pytest plugin turns this into a skip, with the message as the reason.
-    """
