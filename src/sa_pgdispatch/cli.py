@@ -18,7 +18,6 @@ that failed or was cancelled, ``demo`` with a missing side effect); 2 usage erro
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,20 +25,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any, TextIO
 
 import psycopg
 import sqlalchemy as sa
 from alembic.util import CommandError
 from psycopg.rows import namedtuple_row
-from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from . import jobs as jobs_api
+from ._output import Output, duration, json_text, shorten
 from .errors import JobTimeout, NotInstalled, PgDispatchError, UsageError, WorkerError
 from .install import InstallError, install, installed_version, uninstall
 from .urls import UrlError
@@ -69,102 +66,6 @@ EXIT_INTERRUPTED = 130
 URL_ENV_VARS = ("SA_PGDISPATCH_URL", "DATABASE_URL")
 #: The environment variable read for ``--cron-url`` (pg_cron's database, same role).
 CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
-
-
-# ---------------------------------------------------------------------------------------
-# Output
-
-
-class Output:
-    """rich in a terminal, plain aligned text otherwise."""
-
-    def __init__(self, stream: TextIO | None = None, *, rich: bool | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
-        self.console = Console(file=self.stream, highlight=False, soft_wrap=False)
-        self.rich = self.console.is_terminal if rich is None else rich
-
-    def line(self, text: str = "", style: str | None = None) -> None:
-        if self.rich:
-            self.console.print(text, style=style, markup=False)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def render_table(
-        self, title: str | None, headers: Sequence[str], rows: Sequence[Sequence[object]]
-    ) -> Table | str:
-        cells = [[_cell(v) for v in row] for row in rows]
-        if self.rich:
-            table = Table(
-                title=title, title_justify="left", header_style="bold", show_header=any(headers)
-            )
-            for h in headers:
-                table.add_column(h, overflow="fold")
-            for row in cells:
-                table.add_row(*row)
-            return table
-        widths = [len(h) for h in headers]
-        for row in cells:
-            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-        out = [f"{title}:"] if title else []
-        if any(headers):
-            out.append(
-                "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-            )
-        out += [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in cells
-        ]
-        if not cells:
-            out.append("(none)")
-        return "\n".join(out)
-
-    def table(
-        self, title: str | None, headers: Sequence[str], rows: Sequence[Sequence[object]]
-    ) -> None:
-        rendered = self.render_table(title, headers, rows)
-        if isinstance(rendered, str):
-            print(rendered, file=self.stream, flush=True)
-        else:
-            self.console.print(rendered)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, timedelta):
-        return _duration(value)
-    if isinstance(value, datetime):
-        return value.astimezone().strftime("%H:%M:%S.%f")[:-3]
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
-
-
-def _duration(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    seconds = value.total_seconds()
-    if abs(seconds) < 1:
-        return f"{seconds * 1000:.1f} ms"
-    if abs(seconds) < 120:
-        return f"{seconds:.2f} s"
-    return str(timedelta(seconds=round(seconds)))
-
-
-def _json(value: object) -> str:
-    """A job's result as JSON text, its exact numbers (Decimal) written as numbers."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_json(v) for v in value) + "]"
-    return json.dumps(value, default=str)
-
-
-def _short(text: str, width: int = 60) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,7 +274,7 @@ def _read_remote_cron(cron_url: str, database: str, failures: int) -> _RemoteCro
             remote.failures = cron.execute(_REMOTE_CRON_FAILURES, (database, failures)).fetchall()
             return remote
     except psycopg.Error as exc:
-        return _RemoteCron(error=f"cannot read pg_cron's database: {_short(str(exc), 120)}")
+        return _RemoteCron(error=f"cannot read pg_cron's database: {shorten(str(exc), 120)}")
 
 
 def _known(value: object) -> object:
@@ -387,7 +288,7 @@ def _budget_rows(conn: sa.Connection) -> list[tuple[str, object]]:
         with conn.begin_nested():
             budget = worker_budget(conn)
     except (PgDispatchError, psycopg.Error, sa_exc.DBAPIError) as exc:
-        return [("background workers", f"unknown ({_short(str(exc), 80)})")]
+        return [("background workers", f"unknown ({shorten(str(exc), 80)})")]
     return [
         ("background workers (used / max_worker_processes)",
          f"{_known(budget.used)} / {budget.max_worker_processes}"),
@@ -469,7 +370,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         out.table(
             f"recent pg_cron run failures (last {args.failures})",
             ["started", "jobname", "status", "message"],
-            [(f.start_time, f.jobname, f.status, _short(f.return_message or "", 80))
+            [(f.start_time, f.jobname, f.status, shorten(f.return_message or "", 80))
              for f in failures],
         )
     return _status_queue(engine, out)
@@ -484,13 +385,13 @@ def _print_stats(out: Output, s: jobs_api.JobStats, *, title: str = "jobs") -> N
     rows: list[tuple[str, object]] = [(st.value, s.counts[st]) for st in jobs_api.JobState]
     rows += [
         ("due now", s.due),
-        ("oldest due job waiting", _duration(s.oldest_due_age)),
+        ("oldest due job waiting", duration(s.oldest_due_age)),
         ("finished in the last minute", s.finished_last_minute),
         ("throughput (last minute)", f"{s.throughput:.2f} jobs/s"),
-        (f"run time p50 / p95 ({_duration(s.window)})",
-         f"{_duration(s.p50_run_time)} / {_duration(s.p95_run_time)}"),
-        (f"start latency p50 / p95 ({_duration(s.window)})",
-         f"{_duration(s.p50_start_latency)} / {_duration(s.p95_start_latency)}"),
+        (f"run time p50 / p95 ({duration(s.window)})",
+         f"{duration(s.p50_run_time)} / {duration(s.p95_run_time)}"),
+        (f"start latency p50 / p95 ({duration(s.window)})",
+         f"{duration(s.p50_start_latency)} / {duration(s.p95_start_latency)}"),
     ]
     out.table(title, ["", ""], rows)
 
@@ -513,12 +414,12 @@ def _job_rows(items: Sequence[jobs_api.Job]) -> list[tuple[object, ...]]:
             j.id,
             j.state.value,
             j.role,
-            _short(j.command, 48),
+            shorten(j.command, 48),
             f"{j.attempts}/{j.max_attempts}",
             j.created_at,
             j.start_latency,
             j.run_time,
-            _short(str((j.error or {}).get("message", "")), 40) or None,
+            shorten(str((j.error or {}).get("message", "")), 40) or None,
         )
         for j in items
     ]
@@ -591,10 +492,10 @@ def cmd_wait(args: argparse.Namespace, out: Output) -> int:
     out.table(None, ["", ""], [
         ("state", job.state.value),
         ("attempts", f"{job.attempts}/{job.max_attempts}"),
-        ("start latency", _duration(job.start_latency)),
-        ("run time", _duration(job.run_time)),
+        ("start latency", duration(job.start_latency)),
+        ("run time", duration(job.run_time)),
         ("rows affected", job.rows_affected),
-        *([("result", _short(_json(job.result), 200))] if job.capture else []),
+        *([("result", shorten(json_text(job.result), 200))] if job.capture else []),
         *[(f"error {k}", v) for k, v in (job.error or {}).items()],
     ])
     return EXIT_OK if job.state is jobs_api.JobState.SUCCEEDED else EXIT_FAILURE

@@ -34,17 +34,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from rich.live import Live
 from rich.table import Table
 from sqlalchemy.pool import NullPool
 
+from ._output import Output
 from .install import install, installed_version, uninstall
-
-if TYPE_CHECKING:
-    from .cli import Output
 
 __all__ = ["DEMO_ROLE", "DemoResult", "run_demo"]
 
@@ -233,8 +231,6 @@ def _worker_alive(conn: sa.Connection, role: str) -> int | None:
 
 def run_demo(url: str | None = None, *, profiles: int = 10, out: Output | None = None) -> bool:
     """Run the demo (see the module docstring); True when every side effect landed."""
-    from .cli import Output
-
     out = out or Output()
     report = _Reporter(out)
     try:
