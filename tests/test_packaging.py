@@ -53,6 +53,7 @@ def test_wheel_contents(wheel: Path) -> None:
     assert "sa_pgdispatch/py.typed" in names
     assert "sa_pgdispatch/__init__.py" in names
     assert "sa_pgdispatch/testing/pytest_plugin.py" in names
+    assert "sa_pgdispatch/_demo_revision.py" in names  # copied into the demo's app
     for folder in ("sql", "migrations_template"):
         expected = _files_under(ROOT / folder)
         assert expected, f"{folder}/ is empty"

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,90 +51,7 @@ DEMO_ROLE = "demo_app"
 WORKERS = 2
 TICK_WAIT_LIMIT = 75.0  # seconds: pg_cron 1.4 ticks every minute
 JOBS_WAIT_LIMIT = 60.0
-
-_REVISION = '''"""demo app: profiles, notifications, a slow welcome, dispatched on insert
-
-Revision ID: {rev}
-Revises: {down}
-"""
-
-import sqlalchemy as sa
-from alembic import op
-
-from sa_pgdispatch.triggers import DispatchTrigger
-
-revision = "{rev}"
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-SCHEMA = "{schema}"
-
-metadata = sa.MetaData(schema=SCHEMA)
-profiles = sa.Table(
-    "profiles",
-    metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("email", sa.Text, nullable=False),
-    sa.Column("mode", sa.Text, nullable=False),  # 'inline' or 'dispatched'
-    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
-    # The side effect of a new profile, run by a pg_cron worker after the INSERT commits.
-    DispatchTrigger(
-        "profiles_welcome",
-        SCHEMA + ".send_welcome",
-        on="insert",
-        when="NEW.mode = 'dispatched'",
-    ),
-)
-notifications = sa.Table(
-    "notifications",
-    metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column("profile_id", sa.BigInteger, nullable=False, unique=True),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("sent_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp()),
-)
-
-
-def upgrade() -> None:
-    op.execute(f'CREATE SCHEMA IF NOT EXISTS "{{SCHEMA}}"')
-    # tables, then the dispatch trigger declared on profiles
-    metadata.create_all(op.get_bind())
-    op.execute(f"""
-    CREATE FUNCTION "{{SCHEMA}}".send_welcome(profile jsonb) RETURNS void
-    LANGUAGE plpgsql AS $$
-    BEGIN
-      PERFORM pg_sleep(0.2);  -- a slow side effect: an e-mail API, a PDF, a webhook...
-      INSERT INTO "{{SCHEMA}}".notifications (profile_id, message)
-      VALUES ((profile ->> 'id')::bigint, 'Welcome, ' || (profile ->> 'name') || '!');
-    END $$""")
-    # The "RPC" your API calls: with the side effect inline, the caller waits for it...
-    op.execute(f"""
-    CREATE FUNCTION "{{SCHEMA}}".create_profile_inline(name text, email text) RETURNS bigint
-    LANGUAGE plpgsql AS $$
-    DECLARE p "{{SCHEMA}}".profiles;
-    BEGIN
-      INSERT INTO "{{SCHEMA}}".profiles (name, email, mode) VALUES (name, email, 'inline')
-      RETURNING * INTO p;
-      PERFORM "{{SCHEMA}}".send_welcome(to_jsonb(p));
-      RETURN p.id;
-    END $$""")
-    # ...dispatched, the trigger queues it and the caller returns at once.
-    op.execute(f"""
-    CREATE FUNCTION "{{SCHEMA}}".create_profile(name text, email text) RETURNS bigint
-    LANGUAGE plpgsql AS $$
-    DECLARE new_id bigint;
-    BEGIN
-      INSERT INTO "{{SCHEMA}}".profiles (name, email, mode) VALUES (name, email, 'dispatched')
-      RETURNING id INTO new_id;
-      RETURN new_id;
-    END $$""")
-
-
-def downgrade() -> None:
-    op.execute(f'DROP SCHEMA "{{SCHEMA}}" CASCADE')
-'''
+_REVISION_MODULE = "_demo_revision.py"  # the app's Alembic revision, shipped in this package
 
 
 @dataclass
@@ -391,9 +309,28 @@ def _write_app(workdir: Path, app_url: str, schema: str) -> Path:
     head = ScriptDirectory.from_config(Config(str(ini))).get_current_head()
     rev = uuid.uuid4().hex[:12]
     (workdir / "migrations" / "versions" / f"{rev}_demo_app.py").write_text(
-        _REVISION.format(rev=rev, down=head, schema=schema), encoding="utf-8"
+        demo_revision(rev, head, schema), encoding="utf-8"
     )
     return ini
+
+
+def demo_revision(revision: str, down_revision: str | None, schema: str) -> str:
+    """The source of the app's Alembic revision (``sa_pgdispatch/_demo_revision.py``)
+    with its revision id, parent revision and schema set."""
+    source = resources.files("sa_pgdispatch").joinpath(_REVISION_MODULE).read_text("utf-8")
+    lines = source.splitlines(keepends=True)
+    for start, value in (
+        ("Revision ID: ", revision),
+        ("Revises: ", down_revision or ""),
+        ("revision: str = ", repr(revision)),
+        ("down_revision: str | None = ", repr(down_revision)),
+        ("SCHEMA = ", repr(schema)),
+    ):
+        found = [i for i, line in enumerate(lines) if line.startswith(start)]
+        if len(found) != 1:
+            raise RuntimeError(f"{_REVISION_MODULE}: expected one line starting {start!r}")
+        lines[found[0]] = f"{start}{value}\n"
+    return "".join(lines)
 
 
 @contextlib.contextmanager
@@ -410,9 +347,8 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 
 def _alembic_upgrade(ini: Path, app_url: str) -> None:
-    from alembic.config import Config
-
     from alembic import command
+    from alembic.config import Config
 
     # $SA_PGDISPATCH_URL overrides alembic.ini in the template's env.py: point it here.
     with _env("SA_PGDISPATCH_URL", app_url):
