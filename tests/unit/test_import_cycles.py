@@ -1,0 +1,156 @@
+"""No import cycles between the modules of sa_pgdispatch.
+
+The graph is read from the source with ast: every import, at any level (inside
+functions too: a deferred import that closes a cycle is still a cycle, only one that
+hides it), except those under ``if TYPE_CHECKING:`` (never run). Importing a module
+also runs its packages' ``__init__``; that is not an edge here, or every module would
+be in a cycle with ``sa_pgdispatch/__init__.py``, which imports the public API.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import sa_pgdispatch
+
+PACKAGE = sa_pgdispatch.__name__
+ROOT = Path(sa_pgdispatch.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _sources() -> dict[str, Path]:
+    return {
+        _module_name(path): path
+        for path in sorted(ROOT.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    if isinstance(tree, ast.If) and _is_type_checking(tree.test):
+        for node in tree.orelse:
+            yield from _imports(node)
+        return
+    if isinstance(tree, ast.Import | ast.ImportFrom):
+        yield tree
+    for child in ast.iter_child_nodes(tree):
+        yield from _imports(child)
+
+
+def _targets(
+    module: str, is_package: bool, node: ast.Import | ast.ImportFrom, known: set[str]
+) -> Iterator[str]:
+    """The modules of the package that ``node`` (in ``module``) imports."""
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name in known:
+                yield alias.name
+        return
+    if node.level:
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        if node.module:
+            base += node.module.split(".")
+        origin = ".".join(base)
+    else:
+        origin = node.module or ""
+    if origin not in known:
+        return
+    submodules = [f"{origin}.{alias.name}" for alias in node.names]
+    found = [name for name in submodules if name in known]
+    yield from found
+    if len(found) < len(submodules):  # names defined in the module (or its __init__)
+        yield origin
+
+
+def import_graph() -> dict[str, set[str]]:
+    sources = _sources()
+    known = set(sources)
+    graph: dict[str, set[str]] = {}
+    for module, path in sources.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        graph[module] = {
+            target
+            for node in _imports(tree)
+            for target in _targets(module, is_package, node, known)
+            if target != module
+        }
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each strongly connected component of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph[node]):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_a_cycle(graph, set(component)) for component in sorted(components)]
+
+
+def _a_cycle(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    start = min(component)
+    paths = [[start]]
+    while paths:  # breadth first: the shortest way back to start
+        path = paths.pop(0)
+        for succ in sorted(graph[path[-1]] & component):
+            if succ == start:
+                return [*path, start]
+            if succ not in path:
+                paths.append([*path, succ])
+    raise AssertionError(f"no cycle in {component}")
+
+
+def test_the_graph_sees_imports_at_every_level() -> None:
+    graph = import_graph()
+    assert f"{PACKAGE}.errors" in graph[f"{PACKAGE}.jobs._model"]  # from ..errors import
+    assert f"{PACKAGE}.testing" in graph[f"{PACKAGE}.demo"]  # inside a function
+    assert f"{PACKAGE}.jobs" not in graph[f"{PACKAGE}.errors"]  # if TYPE_CHECKING: only
+    assert graph[f"{PACKAGE}.errors"] == set()
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(import_graph()) == []
+
+
+def test_a_cycle_is_found() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c", "a"]]
