@@ -13,6 +13,22 @@ from sqlalchemy import Engine, text
 
 pytest_plugins = ["pytester"]
 
+# Markers that mean "needs a PostgreSQL server" by themselves.
+_SERVER_MARKERS = ("cron", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``db`` every test that uses a PostgreSQL server: its fixtures reach
+    ``pgdispatch_server``, or it is marked ``cron`` or ``e2e``. Tests that start servers
+    of their own are marked ``db`` in their modules. ``pytest -m "not db"`` is then the
+    fast loop (docs/testing.md)."""
+    for item in items:
+        if "pgdispatch_server" in getattr(item, "fixturenames", ()) or any(
+            item.get_closest_marker(name) for name in _SERVER_MARKERS
+        ):
+            item.add_marker(pytest.mark.db)
+
 
 @pytest.fixture
 def schema(pgdispatch_engine: Engine) -> Iterator[str]:

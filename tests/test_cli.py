@@ -242,6 +242,7 @@ def test_jobs_watch(role_url: str) -> None:
     assert out.count("recent jobs") == 3
 
 
+@pytest.mark.db  # a server of its own
 def test_install_status_uninstall_on_a_server_of_its_own() -> None:
     with EphemeralPostgres() as server:
         url = server.url
@@ -422,6 +423,7 @@ def test_install_workers_on_an_existing_install_starts_them(
     assert _worker_jobs(pgdispatch_db, role) == []
 
 
+@pytest.mark.db  # a server of its own
 def test_install_workers_on_an_older_install_upgrades_and_starts_them() -> None:
     with EphemeralPostgres() as server:
         url = server.url

@@ -37,7 +37,7 @@ from sa_pgdispatch.install import (
 )
 from sa_pgdispatch.testing import EphemeralPostgres
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.db]  # servers of its own
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 

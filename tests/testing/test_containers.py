@@ -41,6 +41,7 @@ def test_command_carries_the_pg_cron_settings(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.slow
+@pytest.mark.db  # a server in a container
 @pytest.mark.skipif(ENGINE is not None, reason=f"no Docker engine answers ({ENGINE})")
 def test_container_runs_pg_cron() -> None:
     with DockerPostgres() as server, psycopg.connect(server.dsn) as conn:

@@ -79,6 +79,7 @@ def test_control_default_version_parsing(tmp_path: Path) -> None:
     assert control_default_version(tmp_path / "missing.control") is None
 
 
+@pytest.mark.db  # a server of its own
 def test_bgw_mode_settings_and_overrides() -> None:
     # The installed pg_cron (>= 1.4) knows cron.use_background_workers.
     with EphemeralPostgres(cron_mode="bgw", settings={"max_worker_processes": "16"}) as server:
@@ -102,12 +103,14 @@ def test_bgw_mode_settings_and_overrides() -> None:
         assert settings == {"max_worker_processes": "64", "cron.max_running_jobs": "3"}
 
 
+@pytest.mark.db  # a server of its own
 def test_libpq_mode_leaves_workers_alone() -> None:
     with EphemeralPostgres(cron_mode="libpq") as server:
         settings = _settings(server, "cron.use_background_workers", "max_worker_processes")
         assert settings == {"cron.use_background_workers": "off", "max_worker_processes": "8"}
 
 
+@pytest.mark.db  # a server of its own
 def test_start_checks_the_mode_the_server_runs() -> None:
     server = EphemeralPostgres(cron_mode="libpq", settings={"cron.use_background_workers": "on"})
     try:
@@ -117,6 +120,7 @@ def test_start_checks_the_mode_the_server_runs() -> None:
         server.cleanup(mode="immediate")
 
 
+@pytest.mark.db  # a pytest process reading the PostgreSQL installation, twice
 def test_report_header_shows_the_installation(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

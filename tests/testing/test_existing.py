@@ -84,6 +84,7 @@ def test_password_is_not_shown(pgdispatch_server: PgServer) -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.db  # a server of its own
 def test_missing_extension_is_created() -> None:
     # A server preloading pg_cron whose cron database lacks the extension.
     with EphemeralPostgres() as server, psycopg.connect(server.dsn, autocommit=True) as conn:
@@ -127,6 +128,7 @@ def test_provision_dsn_backend(
         pass
 
 
+@pytest.mark.db  # a server of its own
 def test_provision_ephemeral_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_TEST_DSN, raising=False)
     monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)

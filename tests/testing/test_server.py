@@ -21,6 +21,8 @@ from sa_pgdispatch.testing import (
     PgServer,
 )
 
+pytestmark = pytest.mark.db  # the session's server, and servers of its own
+
 
 def _require_ephemeral(server: PgServer) -> EphemeralPostgres:
     if not isinstance(server, EphemeralPostgres):

@@ -24,7 +24,10 @@ from sa_pgdispatch.testing import ENV_TEST_BACKEND, ENV_TEST_DSN
 from sa_pgdispatch.testing.binaries import ENV_PG_BIN, pg_major
 from sa_pgdispatch.testing.server import ENV_CRON_MODE, EphemeralPostgres
 
-pytestmark = pytest.mark.timeout(900)  # the first run may build the trees (apt, make)
+pytestmark = [
+    pytest.mark.timeout(900),  # the first run may build the trees (apt, make)
+    pytest.mark.db,  # servers of the trees, and the script that builds them
+]
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "build-test-trees.sh"
