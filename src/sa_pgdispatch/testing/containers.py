@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from sa_pgdispatch.testing.errors import BackendUnavailable, HarnessError
-from sa_pgdispatch.testing.server import _check_pg_cron, _ConninfoMixin
+from sa_pgdispatch.testing.server import ConninfoMixin, check_pg_cron
 
 __all__ = ["DEFAULT_IMAGE", "ENV_TEST_IMAGE", "DockerPostgres", "docker_engine_status"]
 
@@ -77,7 +77,7 @@ def _postgres_container_class() -> Any:
     return PostgresContainer
 
 
-class DockerPostgres(_ConninfoMixin):
+class DockerPostgres(ConninfoMixin):
     """PostgreSQL with pg_cron in a Docker container; ``start()``/``cleanup()``.
 
     Exposes the same attributes as the other backends (:class:`~.server.PgServer`).
@@ -174,7 +174,7 @@ class DockerPostgres(_ConninfoMixin):
         try:
             self._host = container.get_container_host_ip()
             self._port = int(container.get_exposed_port(_CONTAINER_PORT))
-            _check_pg_cron(self.dsn, create=True)
+            check_pg_cron(self.dsn, create=True)
         except BaseException:
             self.cleanup()
             raise

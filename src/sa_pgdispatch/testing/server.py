@@ -44,11 +44,13 @@ __all__ = [
     "ENV_TEST_DSN",
     "HARNESS_USER",
     "TEMP_PREFIX",
+    "ConninfoMixin",
     "CronMode",
     "EphemeralPostgres",
     "ExistingServer",
     "PgServer",
     "StopMode",
+    "check_pg_cron",
     "resolve_cron_mode",
     "server_from_env",
 ]
@@ -140,8 +142,10 @@ def _build_uri(scheme: str, params: Mapping[str, str]) -> str:
     return f"{scheme}://{authority}/{dbname}" + (f"?{qs}" if qs else "")
 
 
-class _ConninfoMixin:
-    """Connection helpers shared by the backends; subclasses provide ``_params()``."""
+class ConninfoMixin:
+    """Connection helpers shared by the backends (this module's and
+    :class:`~sa_pgdispatch.testing.containers.DockerPostgres`); subclasses provide
+    ``_params()``."""
 
     def _params(self) -> dict[str, str]:
         raise NotImplementedError
@@ -206,7 +210,7 @@ def resolve_cron_mode(mode: str | None = None) -> CronMode:
     )
 
 
-def _check_pg_cron(dsn: str, *, create: bool, cron_mode: CronMode | None = None) -> str:
+def check_pg_cron(dsn: str, *, create: bool, cron_mode: CronMode | None = None) -> str:
     """Check the server behind *dsn* runs pg_cron jobs from that database.
 
     Creates the extension when it is missing and *create* is true. With *cron_mode*,
@@ -295,7 +299,7 @@ def _check_cron_mode(conn: psycopg.Connection[Any], shown: str, cron_mode: CronM
 # Existing server (SA_PGDISPATCH_TEST_DSN)
 
 
-class ExistingServer(_ConninfoMixin):
+class ExistingServer(ConninfoMixin):
     """A server that already runs, given by a libpq DSN (URI or ``key=value`` form).
 
     The DSN's database must be pg_cron's database (``cron.database_name``) and the
@@ -338,7 +342,7 @@ class ExistingServer(_ConninfoMixin):
 
     def validate(self, *, create_extension: bool = True) -> ExistingServer:
         """Check pg_cron (see the class docstring); returns ``self``."""
-        self.pg_cron_version = _check_pg_cron(self._given_dsn, create=create_extension)
+        self.pg_cron_version = check_pg_cron(self._given_dsn, create=create_extension)
         return self
 
     def __repr__(self) -> str:
@@ -465,7 +469,7 @@ def _install_safety_net() -> None:
 atexit.register(_cleanup_live_servers)
 
 
-class EphemeralPostgres(_ConninfoMixin):
+class EphemeralPostgres(ConninfoMixin):
     """A private PostgreSQL cluster with pg_cron, in a temporary directory.
 
     ``start()`` runs ``initdb`` (first time only), starts the server with ``pg_ctl``
@@ -833,7 +837,7 @@ class EphemeralPostgres(_ConninfoMixin):
                 f"{(result.stdout + result.stderr).strip()}{excerpt}"
             )
         try:
-            self._installed_pg_cron = _check_pg_cron(
+            self._installed_pg_cron = check_pg_cron(
                 self.dsn, create=True, cron_mode=self._cron_mode
             )
         except HarnessError as exc:
