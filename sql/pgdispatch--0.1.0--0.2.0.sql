@@ -16,6 +16,19 @@
 --   transaction advisory lock, classid 1885824110), not queued again in between.
 -- * Security fixes: cancellation requests and definer-function records are checked
 --   against the role that files them; uninstall works with other roles' workers.
+-- * A fresh session for every job: besides settings, role, temp objects, prepared
+--   statements and LISTEN, work() now releases the job's advisory locks, forgets its
+--   sequence state (currval, lastval, cached values), re-seeds random(), closes its
+--   cursors, and checks its deferred constraints at its end (a violation failed the whole
+--   batch at its COMMIT, at every claim; SET CONSTRAINTS reached the batch's later jobs).
+-- * capture => true runs a command once: the wrapper that captures rows is prepared
+--   (parsed, nothing run) to decide whether the command returns rows; 0.1.0 ran a command
+--   that raised syntax_error or feature_not_supported at run time a second time. A
+--   trailing comment after the last ';' no longer stops the capture, nor counts as a
+--   second statement for a command with a payload.
+-- * dispatch() refuses a job_key over 1000 bytes (22001) instead of failing in the index.
+-- * trigger(): a procedure as the side effect is refused when the trigger fires; TRUNCATE
+--   triggers (statement level) dispatch one job with $1 = '[]'.
 -- Queued jobs are kept; running workers pick the new code up at their next run.
 
 ALTER TABLE pgdispatch.settings
@@ -52,7 +65,180 @@ BEGIN
 END
 $$;
 
--- dispatch(): the job_key lookup is planned at each call.
+-- The shape of an SQL string: how many statements it holds, and where its last one ends
+-- (content_end: the length in UTF-8 bytes up to the end of the last token that is not a
+-- blank, a comment or a ';'). A small lexer that knows quotes, dollar quotes, E'' strings,
+-- identifiers and comments.
+CREATE FUNCTION pgdispatch._sql_shape(sql text, OUT statements integer, OUT content_end integer)
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+  b bytea := convert_to(sql, 'UTF8');
+  n integer := length(b);
+  i integer := 0;
+  c integer;
+  depth integer;
+  tag bytea;
+  j integer;
+  content boolean := false;   -- the current statement has a token besides blanks and comments
+BEGIN
+  statements := 0;
+  content_end := 0;
+  WHILE i < n LOOP
+    c := get_byte(b, i);
+    IF c = 59 THEN                                   -- ;
+      IF content THEN statements := statements + 1; END IF;
+      content := false; i := i + 1; CONTINUE;
+    ELSIF c IN (32, 9, 10, 13, 12) THEN              -- blanks
+      i := i + 1; CONTINUE;
+    ELSIF c = 45 AND i + 1 < n AND get_byte(b, i + 1) = 45 THEN       -- -- comment
+      i := i + 2;
+      WHILE i < n AND get_byte(b, i) <> 10 LOOP i := i + 1; END LOOP;
+      CONTINUE;
+    ELSIF c = 47 AND i + 1 < n AND get_byte(b, i + 1) = 42 THEN       -- /* comment */
+      depth := 1; i := i + 2;
+      WHILE i < n AND depth > 0 LOOP
+        IF get_byte(b, i) = 47 AND i + 1 < n AND get_byte(b, i + 1) = 42 THEN
+          depth := depth + 1; i := i + 2;
+        ELSIF get_byte(b, i) = 42 AND i + 1 < n AND get_byte(b, i + 1) = 47 THEN
+          depth := depth - 1; i := i + 2;
+        ELSE i := i + 1; END IF;
+      END LOOP;
+      IF depth > 0 THEN                               -- unterminated: kept (an error)
+        content := true; content_end := n;
+      END IF;
+      CONTINUE;
+    END IF;
+    content := true;
+    IF c = 39 THEN                                    -- 'string' ('' escapes; E'' below)
+      IF i > 0 AND get_byte(b, i - 1) IN (69, 101) THEN
+        i := i + 1;
+        WHILE i < n LOOP
+          IF get_byte(b, i) = 92 THEN i := i + 2;
+          ELSIF get_byte(b, i) = 39 THEN
+            IF i + 1 < n AND get_byte(b, i + 1) = 39 THEN i := i + 2; ELSE EXIT; END IF;
+          ELSE i := i + 1; END IF;
+        END LOOP;
+      ELSE
+        i := i + 1;
+        WHILE i < n LOOP
+          IF get_byte(b, i) = 39 THEN
+            IF i + 1 < n AND get_byte(b, i + 1) = 39 THEN i := i + 2; ELSE EXIT; END IF;
+          ELSE i := i + 1; END IF;
+        END LOOP;
+      END IF;
+      i := i + 1;
+    ELSIF c = 34 THEN                                 -- "identifier"
+      i := i + 1;
+      WHILE i < n LOOP
+        IF get_byte(b, i) = 34 THEN
+          IF i + 1 < n AND get_byte(b, i + 1) = 34 THEN i := i + 2; ELSE EXIT; END IF;
+        ELSE i := i + 1; END IF;
+      END LOOP;
+      i := i + 1;
+    ELSIF c = 36 THEN                                 -- $tag$ ... $tag$ or $1
+      j := i + 1;
+      WHILE j < n AND (get_byte(b, j) BETWEEN 65 AND 90 OR get_byte(b, j) BETWEEN 97 AND 122
+                       OR get_byte(b, j) = 95 OR get_byte(b, j) >= 128
+                       OR (j > i + 1 AND get_byte(b, j) BETWEEN 48 AND 57)) LOOP
+        j := j + 1;
+      END LOOP;
+      IF j < n AND get_byte(b, j) = 36 THEN
+        tag := substring(b FROM i + 1 FOR j - i + 1);
+        j := position(tag IN substring(b FROM j + 2));
+        IF j = 0 THEN i := n; ELSE i := i + length(tag) + j - 1 + length(tag); END IF;
+      ELSE
+        i := i + 1;
+      END IF;
+    ELSE
+      i := i + 1;
+    END IF;
+    content_end := least(i, n);
+  END LOOP;
+  IF content THEN statements := statements + 1; END IF;
+END
+$$;
+
+-- How many statements does an SQL string hold? Used only when a command that is given a
+-- payload contains a ';' before its end. 0.1.0 counted a comment after the last ';' as a
+-- statement ('SELECT $1; -- note' was refused with a payload).
+CREATE OR REPLACE FUNCTION pgdispatch._statement_count(sql text) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT AS $$
+  SELECT (pgdispatch._sql_shape(sql)).statements
+$$;
+
+-- A command without what follows its last statement: ';', blanks and comments. The body
+-- that the capturing wrapper (WITH pgdispatch_q AS (<body>) ...) takes: 0.1.0 trimmed
+-- only blanks and ';', and 'SELECT 42 AS answer; -- note' captured no row.
+CREATE FUNCTION pgdispatch._command_body(sql text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+  b bytea;
+  e integer;
+BEGIN
+  IF strpos(sql, '--') = 0 AND strpos(sql, '/*') = 0 THEN
+    -- no comment: a trailing ';' is never part of a (complete) token
+    RETURN rtrim(sql, E' \t\r\n\f;');
+  END IF;
+  e := (pgdispatch._sql_shape(sql)).content_end;
+  b := convert_to(sql, 'UTF8');
+  IF e >= length(b) THEN
+    RETURN sql;
+  END IF;
+  RETURN convert_from(substring(b FROM 1 FOR e), 'UTF8');
+END
+$$;
+
+-- The INITIALLY DEFERRED constraints (and constraint triggers) of the database, as a list
+-- for SET CONSTRAINTS: work() defers them again after each job (NULL: none).
+CREATE FUNCTION pgdispatch._deferred_constraints() RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT string_agg(format('%I.%I', n.nspname, c.conname), ', ' ORDER BY n.nspname, c.conname)
+    FROM (SELECT DISTINCT x.connamespace, x.conname FROM pg_constraint x WHERE x.condeferred) c
+    JOIN pg_namespace n ON n.oid = c.connamespace
+$$;
+
+-- Release the session-level advisory locks of this backend that are not in keep (entries
+-- 'classid/objid/objsubid/mode' of pg_locks): what a job took, when work() drains in a
+-- session that held advisory locks of its own (the common case is pg_advisory_unlock_all()).
+-- The running-job locks of the batch (classid 1885824110) are transaction-level and left.
+CREATE FUNCTION pgdispatch._release_advisory_locks(keep text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  l record;
+  hi integer;
+  lo integer;
+BEGIN
+  FOR l IN
+    SELECT x.classid, x.objid, x.objsubid, x.mode = 'ShareLock' AS shared
+      FROM pg_locks x
+     WHERE x.locktype = 'advisory' AND x.pid = pg_backend_pid() AND x.granted
+       AND x.objsubid IN (1, 2)
+       AND NOT format('%s/%s/%s/%s', x.classid, x.objid, x.objsubid, x.mode) = ANY (keep)
+       AND NOT (x.classid = 1885824110::oid AND x.objsubid = 2)
+  LOOP
+    hi := pgdispatch._lock_key(l.classid::bigint);
+    lo := pgdispatch._lock_key(l.objid::bigint);
+    -- once per time it was taken (a lock the job took at transaction level only is
+    -- released by the batch's commit: its unlock returns false, with a WARNING)
+    LOOP
+      EXIT WHEN NOT CASE WHEN l.objsubid = 1 AND l.shared
+                           THEN pg_advisory_unlock_shared((l.classid::bigint << 32) | l.objid::bigint)
+                         WHEN l.objsubid = 1
+                           THEN pg_advisory_unlock((l.classid::bigint << 32) | l.objid::bigint)
+                         WHEN l.shared THEN pg_advisory_unlock_shared(hi, lo)
+                         ELSE pg_advisory_unlock(hi, lo) END;
+      EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_locks x
+                             WHERE x.locktype = 'advisory' AND x.pid = pg_backend_pid()
+                               AND x.granted AND x.classid = l.classid AND x.objid = l.objid
+                               AND x.objsubid = l.objsubid
+                               AND (x.mode = 'ShareLock') = l.shared);
+    END LOOP;
+  END LOOP;
+END
+$$;
+
+-- dispatch(): the job_key lookup is planned at each call; a job_key holds at most 1000
+-- bytes; a command with a payload may end in a comment.
 CREATE OR REPLACE FUNCTION pgdispatch.dispatch(
   command      text,
   payload      jsonb    DEFAULT NULL,
@@ -93,6 +279,13 @@ BEGIN
   IF timeout <= interval '0' THEN
     RAISE EXCEPTION 'pgdispatch: timeout must be positive (got %)', timeout
       USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF octet_length(job_key) > 1000 THEN
+    -- (the unique index on (role, job_key) takes keys up to about 2,700 bytes, and failed
+    -- beyond with "index row size ... exceeds btree version 4 maximum")
+    RAISE EXCEPTION 'pgdispatch: job_key must be at most 1000 bytes (got %)', octet_length(job_key)
+      USING ERRCODE = 'string_data_right_truncation',
+            HINT = 'Use a digest of a longer key, e.g. job_key => md5(<key>).';
   END IF;
   IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
     PERFORM pgdispatch._ensure_worker();
@@ -205,6 +398,17 @@ DECLARE
   seq_moved boolean;
   last_activity timestamptz;
   t_unclaimed timestamptz;        -- first dispatch seen since the last claim
+  -- resetting the session between jobs (see "a fresh session for the next job" below)
+  role_key integer := pgdispatch._role_key();
+  keep_locks text[];              -- advisory locks held before, when others than the slot's
+  lost_slot boolean := false;     -- another instance took the slot's lock: stop after the batch
+  keep_cursors text[];            -- cursors the session held before (slot 0)
+  cursor_name text;
+  deferred_names text;            -- the database's INITIALLY DEFERRED constraints, by name
+  lost_deferred boolean := false; -- they could not be deferred again: end the batch
+  wrapped text;                   -- capture: the command wrapped to return its rows
+  done boolean;                   -- (results of functions called for their effect)
+  capturable boolean;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -220,7 +424,7 @@ BEGIN
     RAISE EXCEPTION 'pgdispatch: slot must be >= 0' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF slot > 0 THEN
-    IF NOT pg_try_advisory_lock(1885824113 + slot, pgdispatch._role_key()) THEN
+    IF NOT pg_try_advisory_lock(1885824113 + slot, role_key) THEN
       RETURN;  -- another instance serves this slot (pg_cron catch-up run)
     END IF;
   END IF;
@@ -258,6 +462,17 @@ BEGIN
   END IF;
   hard_deadline := deadline + cfg.worker_runtime;
   COMMIT;
+  -- What the session holds already, kept when jobs are reset (a caller draining in its own
+  -- session): its session advisory locks (only session ones are left after the COMMIT)
+  -- and its cursors (WITH HOLD ones).
+  keep_locks := ARRAY(SELECT format('%s/%s/%s/%s', l.classid, l.objid, l.objsubid, l.mode)
+                        FROM pg_locks l
+                       WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted);
+  IF cardinality(keep_locks) = (slot > 0)::integer THEN
+    keep_locks := NULL;           -- none but the slot's own: the fast path
+  END IF;
+  keep_cursors := ARRAY(SELECT c.name FROM pg_cursors c);
+  deferred_names := pgdispatch._deferred_constraints();
 
   seen_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
   LOOP
@@ -294,10 +509,12 @@ BEGIN
     LOOP
       claimed := claimed + 1;
       k := pgdispatch._lock_key(j.id);
+      -- (Per job, functions are called in assignments, not with PERFORM: a plain
+      -- expression is evaluated without a query, at a fraction of PERFORM's cost.)
       -- running: until the batch commits (the jobs view) ...
-      PERFORM pg_advisory_xact_lock(1885824110, k);
+      done := pg_advisory_xact_lock(1885824110, k) IS NOT NULL;
       -- ... and executing: while the command runs (the watchdog interrupts only these)
-      PERFORM pg_advisory_lock(1885824112, k);
+      done := pg_advisory_lock(1885824112, k) IS NOT NULL;
       IF slot > 0 AND claimed = 1 THEN
         PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, session_gucs) AS g(name, value);
       END IF;
@@ -305,19 +522,31 @@ BEGIN
       res := NULL; affected := NULL; err := NULL;
       BEGIN
         IF j.capture THEN
+          -- Rows are captured by wrapping the command, which parse analysis refuses for
+          -- commands that return no rows (DML without RETURNING, utility statements,
+          -- several statements, SELECT INTO): those run as they are, keeping their row
+          -- count. Preparing the wrapped form decides, before anything runs (parse
+          -- analysis and rewriting, no execution): a command runs once, whatever it
+          -- raises while it runs (0.1.0 ran it again after a syntax_error or
+          -- feature_not_supported raised at run time, repeating what a rollback does not
+          -- undo: nextval(), dblink, pg_net).
+          wrapped := 'WITH pgdispatch_q AS (' || pgdispatch._command_body(j.command) || E'\n) '
+                     'SELECT coalesce(jsonb_agg(to_jsonb(pgdispatch_q)), ''[]'') FROM pgdispatch_q';
           BEGIN
-            EXECUTE 'WITH pgdispatch_q AS (' || rtrim(j.command, E' \t\r\n\f;') || E'\n) '
-                    'SELECT coalesce(jsonb_agg(to_jsonb(pgdispatch_q)), ''[]'') FROM pgdispatch_q'
-              INTO res USING j.payload;
-            affected := jsonb_array_length(res);
+            EXECUTE 'PREPARE pgdispatch_capture(jsonb) AS ' || wrapped;
+            DEALLOCATE pgdispatch_capture;
+            capturable := true;
           EXCEPTION WHEN syntax_error OR feature_not_supported THEN
-            -- not a row-returning statement (DML without RETURNING, utility, several
-            -- statements): run it as it is and keep the row count
-            res := NULL;
+            capturable := false;
+          END;
+          IF capturable THEN
+            EXECUTE wrapped INTO res USING j.payload;
+            affected := jsonb_array_length(res);
+          ELSE
             IF j.payload IS NULL THEN EXECUTE j.command; ELSE EXECUTE j.command USING j.payload; END IF;
             GET DIAGNOSTICS affected = ROW_COUNT;
             res := '[]';
-          END;
+          END IF;
         ELSIF j.payload IS NULL THEN
           EXECUTE j.command;
           GET DIAGNOSTICS affected = ROW_COUNT;
@@ -325,6 +554,11 @@ BEGIN
           EXECUTE j.command USING j.payload;
           GET DIAGNOSTICS affected = ROW_COUNT;
         END IF;
+        -- The job's deferred constraint checks (and deferred constraint triggers) run now,
+        -- as at the commit of a transaction of its own: a violation fails the job. (Left
+        -- to the batch's COMMIT, it failed the whole batch, every time it was claimed
+        -- again; and a SET CONSTRAINTS ... DEFERRED reached the batch's later jobs.)
+        SET CONSTRAINTS ALL IMMEDIATE;
         ok := true;
       EXCEPTION WHEN OTHERS OR query_canceled THEN
         GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
@@ -345,14 +579,42 @@ BEGIN
                  'hint', nullif(e_hint, ''), 'context', nullif(e_context, ''),
                  'attempt', j.attempts + 1));
       END;
-      PERFORM pg_advisory_unlock(1885824112, k);
 
-      -- a fresh session for the next job: settings, role, temp objects, prepared statements
+      -- A fresh session for the next job (docs/sql-api.md#a-fresh-session-for-every-job).
+      -- Advisory locks: the job's session locks go with the executing-job lock (a
+      -- session lock was held until the worker exited); pg_advisory_unlock_all() releases
+      -- the slot's own too, which is taken again at once. The random seed: a job's
+      -- setseed() would otherwise fix every later job's random(). (The hot path: each
+      -- statement here costs a microsecond or less; a caller's own advisory locks, the
+      -- slow case, are looked at only when it held some.)
+      IF keep_locks IS NULL THEN
+        done := pg_advisory_unlock_all() IS NOT NULL;
+        IF slot > 0 AND NOT pg_try_advisory_lock(1885824113 + slot, role_key) THEN
+          lost_slot := true;      -- another instance of the slot started meanwhile: it serves
+        END IF;
+      ELSE
+        done := pg_advisory_unlock(1885824112, k);
+        PERFORM pgdispatch._release_advisory_locks(keep_locks);
+      END IF;
+      done := setseed(date_part('microseconds', clock_timestamp()) / 60000000) IS NOT NULL;
+      -- deferrable constraints as declared again (SET CONSTRAINTS ALL IMMEDIATE above made
+      -- the INITIALLY DEFERRED ones immediate for the rest of the transaction)
+      IF ok AND deferred_names IS NOT NULL THEN
+        BEGIN
+          EXECUTE 'SET CONSTRAINTS ' || deferred_names || ' DEFERRED';
+        EXCEPTION WHEN OTHERS THEN
+          -- (a constraint dropped meanwhile, or one name for several constraints of a
+          -- schema, not all deferrable): the next job starts a transaction of its own
+          lost_deferred := true;
+        END;
+      END IF;
+      -- settings, role, sequences (currval(), lastval(), cached values), temp objects
       IF current_user <> me THEN SET ROLE NONE; END IF;
       IF session_user <> me THEN RESET SESSION AUTHORIZATION; END IF;
       RESET ALL;
+      DISCARD SEQUENCES;
       IF pg_my_temp_schema() <> 0 THEN DISCARD TEMP; END IF;
-      IF slot = 0 THEN
+      IF slot = 0 AND cardinality(keep_prepared) > 0 THEN
         -- draining in the caller's own session: keep the caller's prepared statements
         -- (drivers such as psycopg prepare statements of their own)
         FOR stmt IN SELECT ps.name FROM pg_prepared_statements ps
@@ -384,9 +646,23 @@ BEGIN
       END IF;
       -- (rows the cursor fetched beyond this point stay locked until the commit below
       -- and are claimed again next time)
-      EXIT WHEN claimed >= batch_limit OR clock_timestamp() - t_batch > cfg.batch_time;
+      EXIT WHEN claimed >= batch_limit OR clock_timestamp() - t_batch > cfg.batch_time
+                OR lost_deferred OR lost_slot;
     END LOOP;
     IF claimed > 0 THEN
+      -- Cursors the batch's jobs left open (a WITH HOLD one outlived the batch, until the
+      -- worker exited), but the caller's. Once per batch: inside the claim loop its own
+      -- cursor cannot be closed (pinned), and looking at pg_cursors after each job cost
+      -- more than the rest of the reset together; a later job of the same batch can see
+      -- them, like the batch's other transaction-scoped state (docs/sql-api.md).
+      IF cardinality(keep_cursors) = 0 THEN
+        EXECUTE 'CLOSE ALL';
+      ELSE
+        FOREACH cursor_name IN ARRAY ARRAY(SELECT c.name FROM pg_cursors c
+                                            WHERE NOT c.name = ANY (keep_cursors)) LOOP
+          EXECUTE format('CLOSE %I', cursor_name);
+        END LOOP;
+      END IF;
       IF slot > 0 THEN
         PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, worker_gucs) AS g(name, value);
       END IF;
@@ -418,8 +694,9 @@ BEGIN
         DELETE FROM pgdispatch.cancel_request c WHERE c.job_id = ANY (o_ids);
       END IF;
       COMMIT;
+      lost_deferred := false;
       attempted := attempted + claimed;
-      EXIT WHEN attempted >= max_jobs;
+      EXIT WHEN attempted >= max_jobs OR lost_slot;
       t_last_job := clock_timestamp();
       IF clock_timestamp() > hard_deadline THEN EXIT; END IF;
       -- a full batch: more may be waiting; a partial one: the queue is (nearly) empty
@@ -456,6 +733,7 @@ BEGIN
       t_settings := clock_timestamp();
       SELECT * INTO cfg FROM pgdispatch.settings;
       worker_gucs[5] := cfg.worker_synchronous_commit;
+      deferred_names := pgdispatch._deferred_constraints();
       IF slot > 0 AND max_runtime IS NULL THEN
         -- a scheduled worker: stop() ends it
         SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role = me;
@@ -524,8 +802,8 @@ BEGIN
                                        OR clock_timestamp() - t_last_job < cfg.fast_poll_window));
     END IF;
   END LOOP;
-  IF slot > 0 THEN
-    PERFORM pg_advisory_unlock(1885824113 + slot, pgdispatch._role_key());
+  IF slot > 0 AND NOT lost_slot THEN
+    PERFORM pg_advisory_unlock(1885824113 + slot, role_key);
   END IF;
 END
 $$;
@@ -571,6 +849,14 @@ BEGIN
             HINT = 'The first argument of a dispatch trigger names a schema-qualified function '
                    'taking one jsonb argument, e.g. ''app.send_welcome''.';
   END IF;
+  -- to_regprocedure() finds procedures too, which the job's SELECT cannot call: every job
+  -- failed. (pg_get_function_result() is NULL for a procedure: no catalog query here.)
+  IF pg_catalog.pg_get_function_result(fn) IS NULL THEN
+    RAISE EXCEPTION 'pgdispatch.trigger(): %(jsonb) is a procedure, not a function', TG_ARGV[0]
+      USING ERRCODE = 'wrong_object_type',
+            HINT = 'A dispatch trigger''s job runs SELECT <function>($1): name a function '
+                   'taking one jsonb argument (it may CALL the procedure).';
+  END IF;
   cmd := format('SELECT %I.%I($1)', parts[1], parts[2]);
   -- options (the same checks as pgdispatch.dispatch(), which the hot path below bypasses)
   FOR i IN 1 .. TG_NARGS - 1 LOOP
@@ -612,6 +898,12 @@ BEGIN
     RETURN NULL;
   END IF;
 
+  IF TG_OP = 'TRUNCATE' THEN
+    -- TRUNCATE has no rows to pass (nor transition tables): one job, $1 = '[]' (which no
+    -- other statement-level job gets: a statement affecting no row dispatches nothing)
+    PERFORM pgdispatch.dispatch(cmd, '[]'::jsonb, o_delay, o_priority, o_max_attempts, o_timeout);
+    RETURN NULL;
+  END IF;
   BEGIN
     IF TG_OP = 'DELETE' THEN
       SELECT jsonb_agg(to_jsonb(t)) INTO rows_json FROM pgdispatch_old t;
@@ -1352,6 +1644,8 @@ REVOKE ALL ON FUNCTION pgdispatch._cron_database(), pgdispatch._check_can_login(
   pgdispatch._worker_count(integer), pgdispatch.worker_budget(),
   pgdispatch._check_worker_budget(integer), pgdispatch._raise_cron_elsewhere(text, text),
   pgdispatch._remote_job_name(text), pgdispatch.cron_statements(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgdispatch._sql_shape(text), pgdispatch._command_body(text),
+  pgdispatch._deferred_constraints(), pgdispatch._release_advisory_locks(text[]) FROM PUBLIC;
 DO $grants$
 DECLARE
   r name;
@@ -1371,6 +1665,9 @@ BEGIN
                    'pgdispatch.worker_budget(), pgdispatch._check_worker_budget(integer), '
                    'pgdispatch._raise_cron_elsewhere(text, text), pgdispatch._remote_job_name(text), '
                    'pgdispatch.cron_statements(text, integer) TO %I', r);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch._sql_shape(text), '
+                   'pgdispatch._command_body(text), pgdispatch._deferred_constraints(), '
+                   'pgdispatch._release_advisory_locks(text[]) TO %I', r);
   END LOOP;
 END
 $grants$;

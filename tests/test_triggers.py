@@ -109,7 +109,8 @@ def test_parse_function_name_rejects(bad):
         ({"name": "é" * 32}, "longer than 63 bytes"),
         ({"name": "a\x00"}, "NUL"),
         ({"on": ()}, "at least one event"),
-        ({"on": ("insert", "truncate")}, "unknown event 'truncate'"),
+        ({"on": "truncate"}, "truncate.*for_each='statement'"),
+        ({"on": ("insert", "truncate")}, "truncate.*for_each='statement'"),
         ({"on": ("insert", "INSERT")}, "given twice"),
         ({"on": "upsert"}, "unknown event"),
         ({"columns": ["status"]}, "need the 'update' event"),
@@ -344,6 +345,16 @@ def test_statement_level_ddl():
     )
     assert "AFTER UPDATE ON app.profiles REFERENCING NEW TABLE AS pgdispatch_new " in ddl(upd)
     assert "AFTER DELETE ON app.profiles REFERENCING OLD TABLE AS pgdispatch_old " in ddl(dele)
+
+
+def test_truncate_trigger_ddl_has_no_transition_table():
+    trunc = DispatchTrigger("st", "fn", on="TRUNCATE", for_each="statement")
+    make_table(trunc)
+    assert trunc.events == ("truncate",)
+    assert ddl(trunc) == (
+        "CREATE TRIGGER st AFTER TRUNCATE ON app.profiles FOR EACH STATEMENT "
+        "EXECUTE FUNCTION pgdispatch.trigger('app.fn')"
+    )
 
 
 def test_unqualified_function_gets_the_table_schema_else_the_default():

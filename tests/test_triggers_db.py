@@ -211,6 +211,31 @@ def test_statement_level_triggers_dispatch_one_job_per_statement(
     assert got[1] == [{"id": 1, "v": "changed"}]
 
 
+def test_truncate_trigger_dispatches_one_job_and_round_trips(
+    pgdispatch_db: Engine, app: str
+) -> None:
+    metadata = MetaData(schema=app)
+    Table(
+        "emptied",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        DispatchTrigger("emptied_t", "record", on="truncate", for_each="statement"),
+    )
+    metadata.create_all(pgdispatch_db)
+    with pgdispatch_db.begin() as conn:
+        conn.execute(text(f"INSERT INTO {app}.emptied VALUES (1)"))
+        conn.execute(text(f"TRUNCATE {app}.emptied"))
+    drain(pgdispatch_db)
+    assert effects(pgdispatch_db, app) == [[]]
+    with pgdispatch_db.begin() as conn:
+        (info,) = reflect_dispatch_triggers(conn, schema=app)
+        assert (info.events, info.for_each) == (("truncate",), "statement")
+        conn.execute(DropDispatchTrigger(info.name, table("emptied", schema=app)))
+        for ddl in create_dispatch_trigger_ddl(info.to_trigger(), table("emptied", schema=app)):
+            conn.execute(ddl)
+        assert reflect_dispatch_triggers(conn, schema=app) == [info]
+
+
 def test_definer_trigger_makes_its_function_first(pgdispatch_db: Engine, app: str) -> None:
     metadata = MetaData(schema=app)
     Table(

@@ -88,8 +88,8 @@ __all__ = [
 INFO_KEY = "pgdispatch_triggers"
 """Key of ``Table.info`` holding the table's :class:`DispatchTrigger` objects."""
 
-EVENTS = ("insert", "update", "delete")
-"""Supported events, in their canonical order."""
+EVENTS = ("insert", "update", "delete", "truncate")
+"""Supported events, in their canonical order (``truncate``: statement level only)."""
 
 TRANSITION_NEW = "pgdispatch_new"
 TRANSITION_OLD = "pgdispatch_old"
@@ -611,7 +611,7 @@ class DispatchTriggerInfo:
     """A dispatch trigger, normalised for comparison.
 
     ``function`` is canonical (``schema.fn``, quoted only where needed); ``events`` in
-    the order insert, update, delete; ``columns`` sorted; ``delay`` / ``timeout`` as
+    the order insert, update, delete, truncate; ``columns`` sorted; ``delay`` / ``timeout`` as
     PostgreSQL prints the interval back when normalised through a connection (else as
     rendered); ``priority`` / ``max_attempts`` as decimal text; ``when`` as
     ``pg_get_triggerdef()`` prints it when normalised through a connection (else as
@@ -672,7 +672,8 @@ class DispatchTrigger(SchemaItem):
     :param function: ``"schema.fn"`` or ``"fn"`` (then qualified with the table's schema,
         else the connection's default schema), parts optionally double-quoted.
     :param on: events among ``"insert"``, ``"update"``, ``"delete"`` (a string or a
-        sequence).
+        sequence), or ``"truncate"`` with ``for_each="statement"`` (one job per
+        ``TRUNCATE``, payload ``[]``: it has no rows to pass).
     :param columns: ``UPDATE OF`` columns (names or Column objects; needs ``"update"``).
     :param when: a WHEN condition: SQL text (``"NEW.status <> OLD.status"``), a SQLAlchemy
         expression over the table's columns, or a callable taking the table and returning
@@ -716,7 +717,8 @@ class DispatchTrigger(SchemaItem):
         for ev in events:
             if not isinstance(ev, str) or ev.lower() not in EVENTS:
                 raise DispatchTriggerError(
-                    f"trigger {name!r}: unknown event {ev!r} (expected insert, update or delete)"
+                    f"trigger {name!r}: unknown event {ev!r} "
+                    "(expected insert, update, delete or truncate)"
                 )
             if ev.lower() in lowered:
                 raise DispatchTriggerError(f"trigger {name!r}: event {ev!r} given twice")
@@ -728,6 +730,11 @@ class DispatchTrigger(SchemaItem):
                 f"trigger {name!r}: for_each must be 'row' or 'statement', got {for_each!r}"
             )
         self.for_each = for_each
+        if "truncate" in self.events and for_each != "statement":
+            raise DispatchTriggerError(
+                f"trigger {name!r}: truncate needs for_each='statement' (PostgreSQL fires "
+                "TRUNCATE triggers once per statement)"
+            )
 
         self.columns: tuple[str, ...] = ()
         if columns is not None:
@@ -1191,7 +1198,7 @@ def _compile_create(element: CreateDispatchTrigger, compiler: DDLCompiler, **kw:
     if trigger.for_each == "statement":
         if trigger.events == ("delete",):
             parts.append(f"REFERENCING OLD TABLE AS {TRANSITION_OLD}")
-        else:
+        elif trigger.events != ("truncate",):  # (no rows, no transition table)
             parts.append(f"REFERENCING NEW TABLE AS {TRANSITION_NEW}")
         parts.append("FOR EACH STATEMENT")
     else:

@@ -43,7 +43,7 @@ from sa_pgdispatch.install import (
     uninstall_sql,
     upgrade_sql,
 )
-from sa_pgdispatch.triggers import DispatchTriggerError, IntervalOptionError
+from sa_pgdispatch.triggers import DispatchTriggerError, DispatchTriggerInfo, IntervalOptionError
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 
@@ -133,6 +133,20 @@ def test_replace_reverse_restores_the_existing_definition() -> None:
     assert (back.definition, back.existing) == (old, new)
     with pytest.raises(DispatchTriggerOpError, match="existing="):
         ReplaceDispatchTriggerOp("t", "tbl", new).reverse()
+
+
+def test_truncate_definitions_are_statement_level_and_round_trip_through_info() -> None:
+    definition = _definition(on="truncate", for_each="statement")
+    assert (definition.on, definition.for_each) == (("truncate",), "statement")
+    info = DispatchTriggerInfo(
+        name="t",
+        table_name="tbl",
+        schema="app",
+        function="app.fn",
+        events=("truncate",),
+        for_each="statement",
+    )
+    assert TriggerDefinition.from_info(info) == definition
 
 
 def test_definitions_are_validated_like_dispatch_triggers() -> None:

@@ -72,6 +72,14 @@ def test_payload_is_bound_as_dollar_one_never_spliced(db: Engine, schema: str) -
             "pgdispatch.dispatch('SELECT $1; DELETE FROM x', payload => '{}')",
             "single statement",
         ),
+        (
+            "pgdispatch.dispatch('SELECT $1; /* c */ DELETE FROM x -- c', payload => '{}')",
+            "single statement",
+        ),
+        (
+            "pgdispatch.dispatch('SELECT 1', job_key => repeat('k', 1001))",
+            "job_key must be at most 1000 bytes",
+        ),
     ],
 )
 def test_bad_input_is_refused_at_dispatch(db: Engine, call: str, message: str) -> None:
@@ -89,6 +97,9 @@ def test_bad_input_is_refused_at_dispatch(db: Engine, call: str, message: str) -
         "SELECT $q$ it's ; $q$ || ($1->>'a') -- a ; comment",
         "SELECT E'\\';' || ($1->>'a') /* ; /* nested ; */ */",
         "SELECT 1 AS \";\" WHERE ($1->>'a') IS NOT NULL",
+        "SELECT $1->>'a'; -- a note",
+        "SELECT $1->>'a'; /* a note */",
+        "SELECT $1->>'a' -- a ; note\n; /* ; */ ; -- ;",
     ],
 )
 def test_single_statements_with_semicolons_inside_are_accepted(db: Engine, command: str) -> None:
@@ -161,6 +172,68 @@ def test_exec_and_fetch_results_have_pg_later_shape(db: Engine) -> None:
         "result": "division by zero",
         "status": "failure",
     }
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT 42 AS answer; -- a note",
+        "SELECT 42 AS answer -- a note",
+        "SELECT 42 AS answer /* a ; note */ ;",
+        "SELECT 42 AS answer;\n-- a note\n;  /* another */\n",
+        "SELECT 42 AS answer -- a ; note\n;",
+    ],
+)
+def test_exec_keeps_the_rows_of_a_query_ending_in_a_comment(db: Engine, query: str) -> None:
+    job_id = run(db, "SELECT pgdispatch.exec(:q)", q=query)
+    drain(db)
+    found = job(db, job_id)
+    assert found["state"] == "succeeded", found["error"]
+    assert found["result"] == [{"answer": 42}]
+
+
+@pytest.mark.parametrize(
+    ("failure", "sqlstate"),
+    [
+        ("RAISE EXCEPTION 'not here' USING ERRCODE = 'feature_not_supported'", "0A000"),
+        ("EXECUTE 'SELEC 1'", "42601"),  # a syntax error at run time
+    ],
+)
+def test_capture_runs_a_failing_command_once(
+    db: Engine, schema: str, failure: str, sqlstate: str
+) -> None:
+    s = f'"{schema}"'
+    run(
+        db,
+        f"""CREATE SEQUENCE {s}.effects;
+            CREATE FUNCTION {s}.f() RETURNS int LANGUAGE plpgsql AS $$
+            BEGIN PERFORM nextval('{s}.effects'); {failure}; RETURN 1; END $$""",
+    )
+    captured = run(db, "SELECT pgdispatch.dispatch(:c, capture => true)", c=f"SELECT {s}.f()")
+    executed = run(db, "SELECT pgdispatch.exec(:c)", c=f"SELECT {s}.f() AS x;")
+    drain(db)
+    for job_id in (captured, executed):
+        found = job(db, job_id)
+        assert found["state"] == "failed"
+        assert found["error"]["sqlstate"] == sqlstate
+    # nextval() is not rolled back: one call per job, not two
+    assert run(db, f"SELECT last_value FROM {s}.effects") == 2
+
+
+def test_exec_of_a_query_with_an_unterminated_comment_fails(db: Engine) -> None:
+    job_id = run(db, "SELECT pgdispatch.exec('SELECT 42 AS answer; /* no end')")
+    drain(db)
+    assert job(db, job_id)["state"] == "failed"
+
+
+def test_job_key_length_is_limited_with_a_clear_error(db: Engine) -> None:
+    assert run(db, "SELECT pgdispatch.dispatch('SELECT 1', job_key => repeat('k', 1000))")
+    for key in ("repeat('é', 501)", "repeat('k', 3000)"):  # 1002 and 3000 bytes
+        with pytest.raises(exc.DBAPIError) as info:
+            run(db, f"SELECT pgdispatch.dispatch('SELECT 1', job_key => {key})")
+        assert info.value.orig.sqlstate == "22001"  # type: ignore[union-attr]
+        assert "job_key must be at most 1000 bytes" in str(info.value)
+    drain(db)
 
 
 def test_exec_delay_is_in_seconds(db: Engine) -> None:

@@ -116,6 +116,33 @@ def test_bad_trigger_arguments_fail_the_firing_statement(
     assert run(app, f'SELECT count(*) FROM "{schema}".profiles') == 0
 
 
+def test_a_procedure_is_refused_when_the_trigger_fires(app: Engine, schema: str) -> None:
+    run(
+        app,
+        f"""CREATE PROCEDURE "{schema}".proc(r jsonb) LANGUAGE sql AS $$ SELECT 1 $$;
+            CREATE TRIGGER d AFTER INSERT ON "{schema}".profiles FOR EACH ROW
+            EXECUTE FUNCTION pgdispatch.trigger('{schema}.proc')""",
+    )
+    with pytest.raises(exc.DBAPIError, match="is a procedure") as info:
+        run(app, f"INSERT INTO \"{schema}\".profiles VALUES (1, 'x')")
+    assert info.value.orig.sqlstate == "42809"  # type: ignore[union-attr]
+    assert run(app, f'SELECT count(*) FROM "{schema}".profiles') == 0
+
+
+def test_truncate_trigger_dispatches_one_job_with_an_empty_array(app: Engine, schema: str) -> None:
+    run(
+        app,
+        f"""CREATE TRIGGER d AFTER TRUNCATE ON "{schema}".profiles FOR EACH STATEMENT
+            EXECUTE FUNCTION pgdispatch.trigger('{schema}.side', 'priority=2')""",
+    )
+    run(app, f"INSERT INTO \"{schema}\".profiles VALUES (1, 'x')")
+    before = run(app, "SELECT count(*) FROM pgdispatch.jobs")
+    run(app, f'TRUNCATE "{schema}".profiles')
+    assert run(app, "SELECT count(*) FROM pgdispatch.jobs") == before + 1
+    drain(app)
+    assert seen(app, schema) == [{"payload": [], "by_role": run(app, "SELECT current_user")}]
+
+
 def test_before_trigger_is_refused(app: Engine, schema: str) -> None:
     run(
         app,

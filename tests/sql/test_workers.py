@@ -43,6 +43,154 @@ def test_no_job_shapes_the_next_one(db: Engine, schema: str) -> None:
     assert rows(db, f"SELECT * FROM \"{schema}\".t WHERE v = 'temp'") == []
 
 
+def _observer(schema: str, tag: str) -> str:
+    """A job that records what it finds of the session state of the jobs before it."""
+    return (
+        f"INSERT INTO \"{schema}\".state SELECT '{tag}',"
+        " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        "   AND classid = 0 AND objid IN (4242, 4243)),"
+        f' "{schema}".currval_or_none(), "{schema}".lastval_or_none(), random(),'
+        " (SELECT count(*) FROM pg_cursors WHERE name IN ('leak_hold', 'leak_ref'))"
+    )
+
+
+def test_session_state_of_one_job_never_reaches_the_next(db: Engine, schema: str) -> None:
+    s = f'"{schema}"'
+    run(
+        db,
+        f"""CREATE TABLE {s}.state (tag text, locks bigint, currval text, lastval text,
+                                    random float8, cursors bigint);
+            CREATE SEQUENCE {s}.seq;
+            CREATE FUNCTION {s}.currval_or_none() RETURNS text LANGUAGE plpgsql AS $$
+            BEGIN RETURN currval('{s}.seq')::text;
+            EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END $$;
+            CREATE FUNCTION {s}.lastval_or_none() RETURNS text LANGUAGE plpgsql AS $$
+            BEGIN RETURN lastval()::text;
+            EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END $$;
+            CREATE FUNCTION {s}.open_ref() RETURNS refcursor LANGUAGE plpgsql AS $$
+            DECLARE c refcursor := 'leak_ref';
+            BEGIN OPEN c FOR SELECT 1; RETURN c; END $$""",
+    )
+    polluter = (
+        "SELECT pg_advisory_lock(4242), pg_advisory_lock_shared(4243), pg_advisory_lock(4242);"
+        f" SELECT nextval('{s}.seq'); SELECT setseed(0.5);"
+        " DECLARE leak_hold CURSOR WITH HOLD FOR SELECT 1;"
+        f" SELECT {s}.open_ref()"
+    )
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as worker:
+        # the next job in the same batch ...
+        run(db, "SELECT pgdispatch.dispatch(:c, priority => 1)", c=polluter)
+        run(db, "SELECT pgdispatch.dispatch(:c)", c=_observer(schema, "same batch"))
+        worker.execute(text("CALL pgdispatch.work(drain => true)"))
+        # ... and in the next batch of the same session
+        run(db, "SELECT pgdispatch.dispatch(:c)", c=polluter)
+        worker.execute(text("CALL pgdispatch.work(drain => true)"))
+        run(db, "SELECT pgdispatch.dispatch(:c)", c=_observer(schema, "next batch"))
+        worker.execute(text("CALL pgdispatch.work(drain => true)"))
+    seeded = rows(db, "SELECT setseed(0.5), random() AS r")[0]["r"]
+    found = {r["tag"]: dict(r) for r in rows(db, f"SELECT * FROM {s}.state")}
+    assert set(found) == {"same batch", "next batch"}
+    for tag, seen in found.items():
+        assert seen["locks"] == 0, f"{tag}: the job's advisory locks are released"
+        assert seen["currval"] is None, f"{tag}: currval() is undefined again"
+        assert seen["lastval"] is None, f"{tag}: lastval() too"
+        assert seen["random"] != seeded, f"{tag}: random() is not seeded by setseed(0.5)"
+    # cursors are closed when the batch ends, WITH HOLD ones too (inside a batch, like the
+    # batch's other transaction-scoped state, a later job can see them)
+    assert found["next batch"]["cursors"] == 0
+    # (the second polluter could declare its cursor again)
+    states = rows(db, "SELECT state FROM pgdispatch.jobs WHERE command = :c", c=polluter)
+    assert [r["state"] for r in states] == ["succeeded", "succeeded"]
+
+
+def test_deferred_constraints_are_checked_at_the_end_of_their_job(db: Engine, schema: str) -> None:
+    s = f'"{schema}"'
+    run(
+        db,
+        f"""CREATE TABLE {s}.par (id int PRIMARY KEY);
+            CREATE TABLE {s}.chi (id int REFERENCES {s}.par DEFERRABLE INITIALLY IMMEDIATE);
+            CREATE TABLE {s}.chi2 (id int CONSTRAINT chi2_late REFERENCES {s}.par
+                                   DEFERRABLE INITIALLY DEFERRED);
+            CREATE FUNCTION {s}.probe() RETURNS text LANGUAGE plpgsql AS $$
+            BEGIN
+              INSERT INTO {s}.chi VALUES (-1); DELETE FROM {s}.chi WHERE id = -1;
+              RETURN 'deferred';
+            EXCEPTION WHEN foreign_key_violation THEN RETURN 'immediate';
+            END $$""",
+    )
+    commands = [
+        f"SET CONSTRAINTS ALL DEFERRED; INSERT INTO {s}.chi VALUES (1)",  # fails at its end
+        f"INSERT INTO {s}.chi2 VALUES (2)",  # initially deferred: fails at its end
+        "SET CONSTRAINTS ALL DEFERRED",
+        f"INSERT INTO {s}.t(v) SELECT {s}.probe()",  # not deferred by the job before
+        f"INSERT INTO {s}.chi2 VALUES (5); INSERT INTO {s}.par VALUES (5)",  # still deferred
+        f"INSERT INTO {s}.t(v) VALUES ('after')",
+    ]
+    ids = [
+        run(db, "SELECT pgdispatch.dispatch(:c, priority => :p)", c=c, p=100 - i)
+        for i, c in enumerate(commands)
+    ]
+    drain(db)  # one batch: no job's deferred check may fail the batch's commit
+    found = [job(db, i) for i in ids]
+    assert [f["state"] for f in found] == [
+        "failed",
+        "failed",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ]
+    assert found[0]["error"]["sqlstate"] == "23503"
+    assert found[1]["error"]["sqlstate"] == "23503"
+    assert [r["v"] for r in rows(db, f"SELECT v FROM {s}.t ORDER BY at")] == ["immediate", "after"]
+    assert run(db, f"SELECT count(*) FROM {s}.chi2") == 1
+
+
+def test_jobs_cannot_take_the_workers_own_advisory_locks_away(db: Engine, schema: str) -> None:
+    # a worker slot keeps its lock (another instance of the slot would start otherwise)
+    job_id = run(db, "SELECT pgdispatch.dispatch('SELECT pg_advisory_unlock_all()')")
+    slot = 9
+    holder: list[int] = []
+
+    def worker() -> None:
+        with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            holder.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            conn.execute(text(f"CALL pgdispatch.work(slot => {slot}, max_runtime => '3 s')"))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 2.5
+        while job(db, job_id)["state"] != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job(db, job_id)["state"] == "succeeded"
+        assert thread.is_alive()
+        lock_holders = rows(
+            db,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = CAST(:c AS bigint)::oid AND objsubid = 2",
+            c=1885824113 + slot,
+        )
+        assert [r["pid"] for r in lock_holders] == holder
+    finally:
+        thread.join(timeout=10)
+    # draining in a caller's session keeps the caller's session locks, not the jobs'
+    run(db, "SELECT pgdispatch.dispatch('SELECT pg_advisory_lock(778)')")
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SELECT pg_advisory_lock(777)"))
+        try:
+            conn.execute(text("CALL pgdispatch.work(drain => true)"))
+            held = conn.execute(
+                text(
+                    "SELECT array_agg(objid::int ORDER BY objid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND classid = 0"
+                )
+            ).scalar_one()
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock_all()"))
+    assert held == [777]
+
+
 def test_work_refuses_to_run_jobs_under_set_role(db: Engine, pgdispatch_role) -> None:  # type: ignore[no-untyped-def]
     alice = pgdispatch_role("alice")
     with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -107,7 +107,7 @@ class TriggerDefinition:
     """What a dispatch trigger does, apart from its name and table.
 
     The fields are the keyword arguments of ``op.create_dispatch_trigger`` in their
-    normalised form: events in the order insert, update, delete; ``columns`` sorted;
+    normalised form: events in the order insert, update, delete, truncate; ``columns`` sorted;
     intervals as text; ``when`` as SQL text.
     """
 
@@ -180,7 +180,7 @@ class TriggerDefinition:
     @classmethod
     def from_info(cls, info: DispatchTriggerInfo) -> TriggerDefinition:
         """The definition of a reflected trigger (:func:`reflect_dispatch_triggers`)."""
-        if info.timing != "after" or info.unknown_options or "truncate" in info.events:
+        if info.timing != "after" or info.unknown_options:
             raise DispatchTriggerOpError(
                 f"trigger {info.name!r} on {info.table_name!r} uses pgdispatch.trigger() in a "
                 "way a DispatchTrigger cannot express (timing "
