@@ -27,6 +27,7 @@ from sqlalchemy.sql import sqltypes
 
 import sa_pgdispatch.functions as pgf
 from sa_pgdispatch.install import install, installed_version
+from sa_pgdispatch.testing import drain
 
 PG = postgresql.dialect()
 SCHEMA = "sa_pgd_test_functions"
@@ -168,11 +169,6 @@ def engine(pgdispatch_engine: Engine) -> Iterator[Engine]:
     yield pgdispatch_engine
     with pgdispatch_engine.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-
-
-def drain(engine: Engine) -> None:
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("CALL pgdispatch.work(drain => true)"))
 
 
 def job(engine: Engine, job_id: int | None) -> dict[str, object]:

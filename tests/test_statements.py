@@ -58,6 +58,7 @@ from sa_pgdispatch.statements import (
     render_sql,
     snooze,
 )
+from sa_pgdispatch.testing import drain
 
 SCHEMA = "sa_pgd_test_statements"
 
@@ -297,11 +298,6 @@ def engine(pgdispatch_engine: Engine) -> Iterator[Engine]:
     yield pgdispatch_engine
     with pgdispatch_engine.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-
-
-def drain(engine: Engine) -> None:
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("CALL pgdispatch.work(drain => true)"))
 
 
 def run_raw(conn: Connection, sql: str) -> None:

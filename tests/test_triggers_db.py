@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from sa_pgdispatch.errors import PgDispatchError
+from sa_pgdispatch.testing import drain
 from sa_pgdispatch.triggers import (
     CreateDispatchTrigger,
     DispatchTrigger,
@@ -46,11 +47,6 @@ from sa_pgdispatch.triggers import (
     old_row,
     reflect_dispatch_triggers,
 )
-
-
-def drain(engine: Engine) -> None:
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("CALL pgdispatch.work(drain => true)"))
 
 
 @pytest.fixture

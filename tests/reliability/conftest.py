@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from sa_pgdispatch.install import install
 from sa_pgdispatch.testing import EphemeralPostgres, PgServer
+from sa_pgdispatch.testing import drain as _drain
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -32,9 +33,10 @@ def connect(server: PgServer, user: str | None = None, *, autocommit: bool = Tru
 
 
 def drain(server: PgServer, role: str) -> None:
-    """Run every due job of *role* in a session of that role, then return."""
+    """Run every due job of *role* in a session of that role, then return
+    (:func:`sa_pgdispatch.testing.drain`: the role's watchdog runs beside it)."""
     with connect(server, role) as conn:
-        conn.execute("CALL pgdispatch.work(drain => true)")
+        _drain(conn)
 
 
 def make_role(server: PgServer, prefix: str, *, login: bool = True) -> str:

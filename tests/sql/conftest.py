@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from sa_pgdispatch.testing import drain as _drain
+
 
 def run(engine: Engine, sql: str, **params: Any) -> Any:
     """Run one statement in its own committed transaction; return the first column of
@@ -23,9 +25,10 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 
 def drain(engine: Engine) -> None:
-    """Run every due job of the engine's role in this process (CALL commits: autocommit)."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("CALL pgdispatch.work(drain => true)"))
+    """Run every due job of the engine's role in this process: the package's
+    :func:`sa_pgdispatch.testing.drain` (``CALL pgdispatch.work(drain => true)`` in
+    autocommit, the role's watchdog beside it)."""
+    _drain(engine)
 
 
 def job(engine: Engine, job_id: int) -> dict[str, Any]:
