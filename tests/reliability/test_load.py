@@ -2,8 +2,8 @@
 
 Each inserted row fires ``pgdispatch.trigger('app.side')``; the side effect inserts the
 row's id into ``app.effects`` (no unique constraint: a double run would show). The
-clients run for ``SA_PGDISPATCH_LOAD_SECONDS`` (default 15; the issue's figure is 60)
-against a server of this module's own, whose log must show no ERROR, FATAL or deadlock.
+clients run for ``SA_PGDISPATCH_LOAD_SECONDS`` (default 15; 60 for a soak run) against
+a server of this module's own, whose log must show no ERROR, FATAL or deadlock.
 After the clients stop the queue must be empty within ``DRAIN_BOUND`` seconds.
 """
 
