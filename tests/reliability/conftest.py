@@ -1,5 +1,5 @@
 """Helpers of the reliability and security suite: crashes, restarts, retries, bad
-input, privileges and load, against real workers.
+input, privileges, roles and load.
 
 Workers here are plain sessions running ``CALL pgdispatch.work(...)`` as a login role:
 exactly what a pg_cron worker runs. Tests that must crash, restart or uninstall use a
