@@ -1192,11 +1192,24 @@ SELECT h.id, h.role, h.command, h.payload, h.state,
 DO $refresh$
 DECLARE
   f record;
+  -- Inside ALTER EXTENSION UPDATE (a native or pg_tle extension), the script may not
+  -- replace functions that are not the extension's members ("An extension is not allowed
+  -- to replace an object that it does not own"): sa_pgdispatch refreshes them after the
+  -- update, and a NOTICE names the statement for those who update by hand.
+  in_extension boolean := EXISTS (SELECT 1 FROM pg_depend d
+                                   WHERE d.classid = 'pg_class'::regclass
+                                     AND d.objid = 'pgdispatch.meta'::regclass
+                                     AND d.deptype = 'e');
 BEGIN
   FOR f IN SELECT d.fn, n.nspname FROM pgdispatch.definer_function d
              JOIN pg_proc p ON p.oid = d.fn JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE pg_has_role(p.proowner, 'USAGE') LOOP
-    PERFORM pgdispatch.definer_trigger_function(f.nspname);
+    IF in_extension THEN
+      RAISE NOTICE 'pgdispatch: after this update, refresh %: SELECT pgdispatch.definer_trigger_function(%)',
+        f.fn, quote_literal(f.nspname);
+    ELSE
+      PERFORM pgdispatch.definer_trigger_function(f.nspname);
+    END IF;
   END LOOP;
 END
 $refresh$;

@@ -47,7 +47,18 @@ BEGIN
 END
 $check$;
 
-CREATE SCHEMA pgdispatch;
+-- The same script is run as plain SQL (psql, sa_pgdispatch.install()) and as an extension's
+-- script (CREATE EXTENSION, natively or through pg_tle), where the control file's
+-- schema = pgdispatch has made the schema already (owned by the installing role, not a
+-- member of the extension: CREATE SCHEMA and CREATE SCHEMA IF NOT EXISTS both fail there).
+-- No transaction control at the top level: CREATE EXTENSION runs the script in one.
+DO $schema$
+BEGIN
+  IF to_regnamespace('pgdispatch') IS NULL THEN
+    CREATE SCHEMA pgdispatch;
+  END IF;
+END
+$schema$;
 COMMENT ON SCHEMA pgdispatch IS 'sa_pgdispatch: asynchronous SQL side effects driven by pg_cron';
 REVOKE ALL ON SCHEMA pgdispatch FROM PUBLIC;
 
@@ -172,6 +183,39 @@ CREATE POLICY own_worker ON pgdispatch.worker
 CREATE POLICY own_functions ON pgdispatch.definer_function
   USING (owner = current_user) WITH CHECK (owner = current_user);
 CREATE POLICY everyone_reads ON pgdispatch.settings FOR SELECT USING (true);
+
+-- Backups. pg_dump dumps the rows of an extension's tables (and a sequence's position) only
+-- when the extension's script registers them, so that a restore keeps the queue, the
+-- history, the workers and the settings; rows the script itself inserts are filtered out
+-- (meta's version) or replaced (settings, a single row: settings_restore below).
+-- pg_extension_config_dump() raises feature_not_supported outside CREATE EXTENSION / ALTER
+-- EXTENSION (plain SQL), where pg_dump dumps every table and sequence of the schema anyway.
+DO $config_dump$
+BEGIN
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.job', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.job_id_seq', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.job_history', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.cancel_request', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.worker', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.definer_function', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.settings', '');
+  PERFORM pg_catalog.pg_extension_config_dump('pgdispatch.meta', 'WHERE key <> ''version''');
+EXCEPTION WHEN feature_not_supported THEN
+  NULL;  -- not an extension's script
+END
+$config_dump$;
+
+-- A restore (of an extension) loads the dumped settings row into a table whose script has
+-- inserted the default row already: the loaded row replaces it.
+CREATE FUNCTION pgdispatch._settings_restore() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM pgdispatch.settings;
+  RETURN NEW;
+END
+$$;
+CREATE TRIGGER settings_restore BEFORE INSERT ON pgdispatch.settings
+  FOR EACH ROW EXECUTE FUNCTION pgdispatch._settings_restore();
 
 -- ---------------------------------------------------------------------------------------
 -- Internal helpers
