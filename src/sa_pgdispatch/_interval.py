@@ -24,11 +24,36 @@ days, a day 24 hours.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
+from typing import TypeAlias
 
 from .errors import PgDispatchError
 
-__all__ = ["Interval", "NotAnInterval", "Undecided", "read_interval"]
+__all__ = [
+    "Interval",
+    "IntervalArg",
+    "NotAnInterval",
+    "Undecided",
+    "format_timedelta",
+    "read_interval",
+]
+
+IntervalArg: TypeAlias = "dt.timedelta | str"
+"""An interval as given by a caller: a ``timedelta`` or interval text."""
+
+
+def format_timedelta(value: dt.timedelta, *, days: bool = False) -> str:
+    """``value`` as interval text PostgreSQL reads back exactly: ``5 seconds``,
+    ``1 days``, ``-1 days 86398.5 seconds``. ``days=True`` always writes the days field
+    (``0 days 5 seconds``), as :func:`sa_pgdispatch.render_sql` renders timedeltas."""
+    seconds = f"{value.seconds}.{value.microseconds:06d}".rstrip("0").rstrip(".")
+    if days or (value.days and seconds != "0"):
+        return f"{value.days} days {seconds} seconds"
+    if value.days:
+        return f"{value.days} days"
+    return f"{seconds} seconds"
+
 
 USECS_PER_SEC = 1_000_000
 USECS_PER_MINUTE = 60 * USECS_PER_SEC

@@ -69,6 +69,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
 
 from . import functions
+from ._interval import format_timedelta
 from .errors import DispatchRenderError
 
 __all__ = [
@@ -112,11 +113,6 @@ def _json_dumps(value: Any) -> str:
 
 def _typed(text: str, sqltype: str) -> str:
     return f"{quote_literal(text)}::{sqltype}"
-
-
-def _format_timedelta(value: dt.timedelta) -> str:
-    seconds = f"{value.seconds}.{value.microseconds:06d}".rstrip("0").rstrip(".")
-    return f"{value.days} days {seconds} seconds"
 
 
 # core types whose bind processors (if any) we replace by our own rendering
@@ -180,7 +176,7 @@ def _render_python_value(value: Any, type_: sqltypes.TypeEngine[Any]) -> str:
             return _typed(value.isoformat(), "timetz")
         return _typed(value.isoformat(), "time")
     if isinstance(value, dt.timedelta):
-        return _typed(_format_timedelta(value), "interval")
+        return _typed(format_timedelta(value, days=True), "interval")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"E'\\\\x{bytes(value).hex()}'::bytea"
     if isinstance(value, uuid.UUID):
@@ -311,7 +307,9 @@ class _RenderDialect(PGDialect):
     supports_statement_cache = False
 
 
-_DIALECT = _RenderDialect(paramstyle="named")  # type: ignore[no-untyped-call]
+#: The dialect :func:`render_sql` compiles with (every value rendered inline, no ``%``
+#: doubling); also what dispatch triggers render their ``when`` expressions with.
+RENDER_DIALECT = _RenderDialect(paramstyle="named")  # type: ignore[no-untyped-call]
 
 
 def render_sql(stmt: str | Executable) -> str:
@@ -354,7 +352,7 @@ def render_sql(stmt: str | Executable) -> str:
 
 def _compile(stmt: Any) -> SQLCompiler:
     try:
-        compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True})
+        compiled = stmt.compile(dialect=RENDER_DIALECT, compile_kwargs={"literal_binds": True})
     except DispatchRenderError:
         raise
     except sa_exc.CompileError as err:

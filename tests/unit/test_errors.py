@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(sa_pgdispatch.__file__).parent
 INTERNAL = {
     "sa_pgdispatch._interval.NotAnInterval",
     "sa_pgdispatch._interval.Undecided",
-    "sa_pgdispatch.triggers._SqlScanError",
+    "sa_pgdispatch.triggers._sql.SqlScanError",
 }
 # Also an alembic.util.CommandError: defined with the Alembic operations, so that
 # sa_pgdispatch.errors does not import Alembic.

@@ -1,0 +1,418 @@
+"""What a dispatch trigger does, apart from its name and table: :class:`DispatchSpec`.
+
+One frozen, validated value type, shared by the schema item
+(:class:`~sa_pgdispatch.triggers.DispatchTrigger` is a name plus a spec), the Alembic
+operations (they carry one) and reflection (:meth:`DispatchTriggerInfo.to_spec
+<sa_pgdispatch.triggers.DispatchTriggerInfo.to_spec>`). Every option is validated here,
+once: identifiers, events and their rules (``truncate`` and statement-level triggers),
+``when`` text, the intervals (as PostgreSQL reads them, :mod:`sa_pgdispatch._interval`;
+text too exotic to decide offline is checked through the server before the DDL runs),
+the ints. Adding an option touches this module, its rendering (``ddl.py``) and its
+reflection (``reflection.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeAlias
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.schema import Column
+from sqlalchemy.sql import elements
+
+from .._interval import (
+    Interval,
+    IntervalArg,
+    NotAnInterval,
+    Undecided,
+    format_timedelta,
+    read_interval,
+)
+from ..errors import DispatchTriggerError, IntervalOptionError
+from ._sql import check_identifier, check_when_text, format_ident, parse_function_name, qualified
+
+__all__ = [
+    "EVENTS",
+    "OPTIONS",
+    "DispatchSpec",
+    "IntervalArg",
+    "WhenArg",
+    "check_interval_on_server",
+]
+
+EVENTS = ("insert", "update", "delete", "truncate")
+"""Supported events, in their canonical order (``truncate``: statement level only)."""
+
+OPTIONS = ("delay", "priority", "max_attempts", "timeout")
+"""The options passed to ``pgdispatch.trigger()`` as ``key=value`` arguments, in order."""
+
+WhenArg: TypeAlias = (
+    "str | elements.ColumnElement[Any] | Callable[[Any], elements.ColumnElement[Any]]"
+)
+
+# ---------------------------------------------------------------------------------------
+# option values
+_INTERVAL_TEXT = re.compile(r"[0-9A-Za-z .:+\-@]+\Z")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _wanted(positive: bool) -> str:
+    return "positive" if positive else "zero or positive"
+
+
+def _describe(value: Interval) -> str:
+    parts = []
+    if value.months:
+        parts.append(f"{value.months} months")
+    if value.days:
+        parts.append(f"{value.days} days")
+    if value.microseconds or not parts:
+        seconds = f"{abs(value.microseconds) // 10**6}.{abs(value.microseconds) % 10**6:06d}"
+        seconds = seconds.rstrip("0").rstrip(".")
+        parts.append(f"{'-' if value.microseconds < 0 else ''}{seconds} seconds")
+    return " ".join(parts)
+
+
+def _interval_text_decided(text: str, what: str, *, positive: bool) -> bool:
+    """Check interval text as PostgreSQL reads it (:mod:`sa_pgdispatch._interval`):
+    True when valid, :class:`IntervalOptionError` when not, False when the text is too
+    exotic to decide without a server (see :meth:`DispatchTrigger.check_intervals`)."""
+    try:
+        readings = read_interval(text)
+    except NotAnInterval as err:
+        raise IntervalOptionError(
+            what, text,
+            f"{what} {text!r} is not an interval PostgreSQL accepts ({err}): use a timedelta "
+            "or text such as '5 seconds', '1 hour 30 minutes', '00:00:05' or 'PT5S'",
+        ) from None
+    except Undecided:
+        return False
+    for style, value in readings.items():
+        if value.sign < 0 or (positive and value.sign == 0):
+            how = "negative" if value.sign < 0 else "zero"
+            if style == "sql_standard":
+                reason = (
+                    f"is {how} in a session whose IntervalStyle is sql_standard (a leading '-' "
+                    f"then applies to every field: {_describe(value)}), "
+                    f"{_describe(readings['postgres'])} in the others"
+                )
+            else:
+                reason = f"is {how}: PostgreSQL reads it as {_describe(value)}"
+            raise IntervalOptionError(
+                what, text,
+                f"{what} {text!r} {reason}; a dispatch trigger's {what} must be "
+                f"{_wanted(positive)} (pgdispatch.trigger() would refuse it on every "
+                "INSERT, UPDATE or DELETE that fires the trigger)",
+            )
+    return True
+
+
+def _interval_option(
+    value: IntervalArg | None, what: str, *, positive: bool
+) -> tuple[str | None, bool]:
+    """The option's text and whether it is known to be valid (False: check it through
+    the server before the DDL runs)."""
+    if value is None:
+        return None, True
+    if isinstance(value, dt.timedelta):
+        if value < dt.timedelta(0) or (positive and value == dt.timedelta(0)):
+            raise IntervalOptionError(
+                what, value, f"{what} must be {_wanted(positive)}, got {value!r}"
+            )
+        return format_timedelta(value), True
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not stripped or not _INTERVAL_TEXT.match(stripped):
+            raise IntervalOptionError(
+                what, value,
+                f"{what} {value!r} is not an interval: use a timedelta or text such as "
+                "'5 seconds' (letters, digits, spaces and . : + - @ only)",
+            )
+        return stripped, _interval_text_decided(stripped, what, positive=positive)
+    raise DispatchTriggerError(f"{what} must be a timedelta or an interval string, got {value!r}")
+
+
+def check_interval_on_server(conn: Connection, text_value: str, what: str, *, positive: bool
+                             ) -> None:
+    """Check interval text through the server: ``CAST(... AS interval)`` under each
+    IntervalStyle that reads input differently (``postgres``, ``sql_standard``), in a
+    savepoint that is rolled back. Raises :class:`IntervalOptionError`."""
+    for style in ("postgres", "sql_standard"):
+        savepoint = conn.begin_nested()
+        try:
+            conn.execute(text("SELECT set_config('IntervalStyle', :style, true)"),
+                         {"style": style})
+            row = conn.execute(
+                text(
+                    "SELECT CAST(CAST(:v AS interval) AS text),"
+                    " CAST(:v AS interval) < interval '0', CAST(:v AS interval) = interval '0'"
+                ),
+                {"v": text_value},
+            ).one()
+        except sa_exc.DBAPIError as err:
+            savepoint.rollback()
+            raise IntervalOptionError(
+                what, text_value,
+                f"{what} {text_value!r} is not an interval PostgreSQL accepts "
+                f"({_first_line(err)})",
+            ) from None
+        savepoint.rollback()
+        shown, negative, zero = str(row[0]), bool(row[1]), bool(row[2])
+        if negative or (positive and zero):
+            where = " in a session whose IntervalStyle is sql_standard" if (
+                style == "sql_standard") else ""
+            raise IntervalOptionError(
+                what, text_value,
+                f"{what} {text_value!r} is {'negative' if negative else 'zero'}{where} "
+                f"(PostgreSQL reads it as {shown!r}); a dispatch trigger's {what} must be "
+                f"{_wanted(positive)} (pgdispatch.trigger() would refuse it on every "
+                "INSERT, UPDATE or DELETE that fires the trigger)",
+            )
+
+
+def _first_line(err: sa_exc.DBAPIError) -> str:
+    return (str(err.orig) if err.orig is not None else str(err)).strip().splitlines()[0]
+
+
+def _int_option(value: int | None, what: str, *, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DispatchTriggerError(f"{what} must be an int, got {value!r}")
+    if not minimum <= value <= _INT32[1]:
+        raise DispatchTriggerError(f"{what} must be between {minimum} and {_INT32[1]}, got {value}")
+    return value
+
+
+
+# ---------------------------------------------------------------------------------------
+# the spec
+
+
+def _events(on: str | Sequence[str], where: str) -> tuple[str, ...]:
+    events = [on] if isinstance(on, str) else list(on)
+    if not events:
+        raise DispatchTriggerError(f"{where}: `on` needs at least one event")
+    lowered: list[str] = []
+    for ev in events:
+        if not isinstance(ev, str) or ev.lower() not in EVENTS:
+            raise DispatchTriggerError(
+                f"{where}: unknown event {ev!r} (expected insert, update, delete or truncate)"
+            )
+        if ev.lower() in lowered:
+            raise DispatchTriggerError(f"{where}: event {ev!r} given twice")
+        lowered.append(ev.lower())
+    return tuple(e for e in EVENTS if e in lowered)
+
+
+def _columns(
+    columns: str | Sequence[str | Column[Any]] | None, events: tuple[str, ...], where: str
+) -> tuple[str, ...]:
+    if columns is None:
+        return ()
+    if isinstance(columns, str):
+        columns = [columns]
+    if "update" not in events:
+        raise DispatchTriggerError(f"{where}: columns (UPDATE OF) need the 'update' event")
+    names: list[str] = []
+    for col in columns:
+        col_name = col if isinstance(col, str) else getattr(col, "name", None)
+        if not isinstance(col_name, str):
+            raise DispatchTriggerError(
+                f"{where}: columns must be names or Column objects, got {col!r}"
+            )
+        check_identifier(col_name, "column name")
+        if col_name in names:
+            raise DispatchTriggerError(f"{where}: column {col_name!r} given twice")
+        names.append(col_name)
+    if not names:
+        raise DispatchTriggerError(f"{where}: columns is empty")
+    return tuple(sorted(names))
+
+
+@dataclasses.dataclass(frozen=True, init=False, eq=False)
+class DispatchSpec:
+    """What a dispatch trigger does: its function, events and options, validated.
+
+    The constructor takes the keyword arguments of
+    :class:`~sa_pgdispatch.triggers.DispatchTrigger` and ``op.create_dispatch_trigger``
+    (``on``, ``columns``, ``when``, ...; see there) and stores them normalised:
+    ``function`` canonically quoted (qualified only if given so), ``events`` in the order
+    insert, update, delete, truncate, ``columns`` sorted, ``delay`` / ``timeout`` as
+    interval text, ``priority`` / ``max_attempts`` as ints. ``when`` text is checked; a
+    SQLAlchemy expression (or a callable) is kept as given and checked against the table
+    by the trigger that renders it. ``trigger_name`` only names the trigger in error
+    messages. Two specs are equal when their normalised values are.
+    """
+
+    function: str
+    events: tuple[str, ...]
+    columns: tuple[str, ...]
+    when: WhenArg | None
+    for_each: Literal["row", "statement"]
+    delay: str | None
+    priority: int | None
+    max_attempts: int | None
+    timeout: str | None
+    security: Literal["invoker", "definer"]
+    #: the function's schema as given (None: unqualified) and its name
+    function_schema: str | None = dataclasses.field(repr=False)
+    function_name: str = dataclasses.field(repr=False)
+    #: interval texts too exotic to decide offline: ``(option, text)``, checked through
+    #: the server before the trigger's DDL runs (:meth:`check_intervals`)
+    unchecked_intervals: tuple[tuple[str, str], ...] = dataclasses.field(repr=False)
+
+    def __init__(
+        self,
+        function: str,
+        *,
+        on: str | Sequence[str] = ("insert",),
+        columns: str | Sequence[str | Column[Any]] | None = None,
+        when: WhenArg | None = None,
+        for_each: Literal["row", "statement"] = "row",
+        delay: IntervalArg | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: IntervalArg | None = None,
+        security: Literal["invoker", "definer"] = "invoker",
+        trigger_name: str | None = None,
+    ) -> None:
+        where = "dispatch trigger" if trigger_name is None else f"trigger {trigger_name!r}"
+        function_schema, function_name = parse_function_name(function)
+        events = _events(on, where)
+        if for_each not in ("row", "statement"):
+            raise DispatchTriggerError(
+                f"{where}: for_each must be 'row' or 'statement', got {for_each!r}"
+            )
+        if "truncate" in events and for_each != "statement":
+            raise DispatchTriggerError(
+                f"{where}: truncate needs for_each='statement' (PostgreSQL fires "
+                "TRUNCATE triggers once per statement)"
+            )
+        column_names = _columns(columns, events, where)
+        if for_each == "statement":
+            if len(events) != 1:
+                raise DispatchTriggerError(
+                    f"{where}: a statement-level trigger takes exactly one event "
+                    "(PostgreSQL allows transition tables on single-event triggers only)"
+                )
+            if column_names:
+                raise DispatchTriggerError(
+                    f"{where}: a statement-level trigger cannot have columns "
+                    "(PostgreSQL allows no column list with transition tables)"
+                )
+            if when is not None:
+                raise DispatchTriggerError(
+                    f"{where}: a statement-level trigger cannot have a when condition"
+                )
+        if isinstance(when, str):
+            when = check_when_text(when)
+        elif not (when is None or callable(when) or isinstance(when, elements.ColumnElement)):
+            raise DispatchTriggerError(
+                f"{where}: when must be SQL text, a SQL expression or a callable, got {when!r}"
+            )
+        delay_text, delay_known = _interval_option(delay, "delay", positive=False)
+        timeout_text, timeout_known = _interval_option(timeout, "timeout", positive=True)
+        if security not in ("invoker", "definer"):
+            raise DispatchTriggerError(
+                f"{where}: security must be 'invoker' or 'definer', got {security!r}"
+            )
+        values: dict[str, Any] = {
+            "function": (
+                format_ident(function_name)
+                if function_schema is None
+                else qualified(function_schema, function_name)
+            ),
+            "events": events,
+            "columns": column_names,
+            "when": when,
+            "for_each": for_each,
+            "delay": delay_text,
+            "priority": _int_option(priority, "priority", minimum=_INT32[0]),
+            "max_attempts": _int_option(max_attempts, "max_attempts", minimum=1),
+            "timeout": timeout_text,
+            "security": security,
+            "function_schema": function_schema,
+            "function_name": function_name,
+            "unchecked_intervals": tuple(
+                (option, value)
+                for option, value, known in (
+                    ("delay", delay_text, delay_known),
+                    ("timeout", timeout_text, timeout_known),
+                )
+                if value is not None and not known
+            ),
+        }
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    # -- value semantics ---------------------------------------------------------------
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(self.arguments().values())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DispatchSpec):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    @property
+    def on(self) -> tuple[str, ...]:
+        """The events (the constructor's keyword)."""
+        return self.events
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's keyword arguments that make this spec (``function`` first;
+        ``columns`` None when there are none)."""
+        return {
+            "function": self.function,
+            "on": self.events,
+            "columns": self.columns or None,
+            "when": self.when,
+            "for_each": self.for_each,
+            "delay": self.delay,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "security": self.security,
+        }
+
+    def non_default_arguments(self) -> dict[str, Any]:
+        """The keywords (not ``function``) whose value is not the default, in order."""
+        defaults = DispatchSpec(self.function).arguments()
+        return {
+            k: v for k, v in self.arguments().items() if k != "function" and defaults[k] != v
+        }
+
+    def replace(self, *, trigger_name: str | None = None, **changes: Any) -> DispatchSpec:
+        """A spec with some arguments changed (validated again)."""
+        return type(self)(**{**self.arguments(), **changes}, trigger_name=trigger_name)
+
+    # -- rendering ---------------------------------------------------------------------
+
+    def qualified_function(self, schema: str | None) -> str:
+        """The function, schema-qualified: its own schema, else ``schema``, else
+        ``public``."""
+        return qualified(self.function_schema or schema or "public", self.function_name)
+
+    def options(self) -> list[str]:
+        """The ``key=value`` arguments of ``pgdispatch.trigger()`` after the function."""
+        return [
+            f"{key}={value}"
+            for key in OPTIONS
+            if (value := getattr(self, key)) is not None
+        ]
+
+    def check_intervals(self, conn: Connection) -> None:
+        """Check through the server the interval texts that could not be decided offline
+        (:attr:`unchecked_intervals`); raises :class:`IntervalOptionError`."""
+        for option, value in self.unchecked_intervals:
+            check_interval_on_server(conn, value, option, positive=option == "timeout")
