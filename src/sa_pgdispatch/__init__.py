@@ -50,6 +50,7 @@ from .statements import DispatchRenderError, dispatch, fire, render_sql, snooze
 from .triggers import (
     CreateDefinerTriggerFunction,
     CreateDispatchTrigger,
+    DispatchSpec,
     DispatchTrigger,
     DispatchTriggerError,
     DispatchTriggerInfo,
@@ -72,6 +73,7 @@ __all__ = [
     "CreateDefinerTriggerFunction",
     "CreateDispatchTrigger",
     "DispatchRenderError",
+    "DispatchSpec",
     "DispatchTrigger",
     "DispatchTriggerError",
     "DispatchTriggerInfo",

@@ -137,20 +137,19 @@ def _detached(info: DispatchTriggerInfo) -> DispatchTrigger | None:
     """A DispatchTrigger for a reflected trigger (for include_object), or None when the
     trigger is not one a DispatchTrigger can express."""
     try:
-        definition = TriggerDefinition.from_info(info)
         for _ in range(2):  # delay, timeout
             try:
-                return definition.to_trigger(info.name)
+                return info.to_trigger()
             except IntervalOptionError as exc:
                 # made before intervals were checked: every statement firing it fails.
                 # It is still the trigger a declared one replaces (or a drop removes);
                 # include_object sees it without that option.
                 log.warning("sa_pgdispatch: trigger %s on %s: %s", info.name, info.table_name, exc)
                 if exc.option == "delay":
-                    definition = dataclasses.replace(definition, delay=None)
+                    info = dataclasses.replace(info, delay=None)
                 else:
-                    definition = dataclasses.replace(definition, timeout=None)
-        return definition.to_trigger(info.name)
+                    info = dataclasses.replace(info, timeout=None)
+        return info.to_trigger()
     except (DispatchTriggerOpError, sa_exc.ArgumentError) as exc:
         log.warning("sa_pgdispatch: leaving trigger %s on %s alone: %s",
                     info.name, info.table_name, exc)

@@ -21,7 +21,6 @@ pgdispatch scripts come from :func:`sa_pgdispatch.install.install_sql` /
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -36,10 +35,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql.expression import TableClause
 
+from .._interval import IntervalArg
 from ..errors import DispatchTriggerOpError, WorkerError
 from ..install import InstallError, install, install_sql, uninstall, uninstall_sql, upgrade
 from ..install import upgrade_sql as _upgrade_sql
 from ..triggers import (
+    DispatchSpec,
     DispatchTrigger,
     DispatchTriggerInfo,
     DropDispatchTrigger,
@@ -86,8 +87,6 @@ CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
 #: alembic.ini option, section ``[alembic]`` (a URL without a password: ~/.pgpass).
 CRON_URL_INI_OPTION = "sa_pgdispatch.cron_url"
 
-IntervalArg = dt.timedelta | str
-
 
 class PgdispatchMigrationError(InstallError, CommandError):
     """pgdispatch cannot be installed, upgraded or uninstalled by a migration.
@@ -104,11 +103,13 @@ class PgdispatchMigrationError(InstallError, CommandError):
 
 @dataclasses.dataclass(frozen=True)
 class TriggerDefinition:
-    """What a dispatch trigger does, apart from its name and table.
+    """What a dispatch trigger does, as a migration writes it: the arguments of a
+    :class:`~sa_pgdispatch.triggers.DispatchSpec` (``when`` as SQL text).
 
-    The fields are the keyword arguments of ``op.create_dispatch_trigger`` in their
-    normalised form: events in the order insert, update, delete, truncate; ``columns`` sorted;
-    intervals as text; ``when`` as SQL text.
+    Built from a spec (:meth:`build`, :meth:`from_spec`, :meth:`from_trigger`: validated
+    and normalised there), or from a reflected trigger (:meth:`from_info`: what the
+    database holds, which may be what pgdispatch.trigger() refuses - the ``existing`` of a
+    replace, the definition a drop carries); :meth:`to_spec` validates it again.
     """
 
     function: str
@@ -123,59 +124,29 @@ class TriggerDefinition:
     security: Literal["invoker", "definer"] = "invoker"
 
     @classmethod
-    def build(
-        cls,
-        trigger_name: str,
-        function: str,
-        *,
-        on: str | Sequence[str] = ("insert",),
-        columns: Sequence[str] | None = None,
-        when: str | None = None,
-        for_each: Literal["row", "statement"] = "row",
-        delay: IntervalArg | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        timeout: IntervalArg | None = None,
-        security: Literal["invoker", "definer"] = "invoker",
-    ) -> TriggerDefinition:
-        """Validate the arguments (as :class:`DispatchTrigger` does) and normalise them."""
+    def build(cls, trigger_name: str, function: str, **arguments: Any) -> TriggerDefinition:
+        """Validate the arguments (those of :class:`DispatchSpec`, ``when`` as SQL text)
+        and normalise them."""
+        when = arguments.get("when")
         if when is not None and not isinstance(when, str):
             raise DispatchTriggerOpError(
                 f"trigger {trigger_name!r}: in a migration, when is SQL text "
                 f"(e.g. \"NEW.status = 'active'\"), got {when!r}"
             )
-        trigger = DispatchTrigger(
-            trigger_name,
-            function,
-            on=on,
-            columns=list(columns) if columns is not None else None,
-            when=when,
-            for_each=for_each,
-            delay=delay,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            security=security,
-        )
-        return cls.from_trigger(trigger)
+        return cls.from_spec(DispatchSpec(function, trigger_name=trigger_name, **arguments))
+
+    @classmethod
+    def from_spec(cls, spec: DispatchSpec) -> TriggerDefinition:
+        """The definition of a spec whose ``when`` is SQL text (or None)."""
+        return cls(**spec.arguments())
 
     @classmethod
     def from_trigger(
         cls, trigger: DispatchTrigger, table: sa.Table | TableClause | None = None
     ) -> TriggerDefinition:
         """The definition of a declared :class:`DispatchTrigger` (``when`` rendered)."""
-        return cls(
-            function=trigger.function,
-            on=trigger.events,
-            columns=trigger.columns or None,
-            when=trigger.when_sql(table if table is not None else trigger.table),
-            for_each=trigger.for_each,
-            delay=trigger.delay,
-            priority=None if trigger.priority is None else int(trigger.priority),
-            max_attempts=None if trigger.max_attempts is None else int(trigger.max_attempts),
-            timeout=trigger.timeout,
-            security=trigger.security,
-        )
+        when = trigger.when_sql(table if table is not None else trigger.table)
+        return cls.from_spec(trigger.spec.replace(when=when, trigger_name=trigger.name))
 
     @classmethod
     def from_info(cls, info: DispatchTriggerInfo) -> TriggerDefinition:
@@ -231,21 +202,13 @@ class TriggerDefinition:
         """All non-default fields including ``function`` (``existing={...}``)."""
         return {"function": self.function, **self.non_default_kwargs()}
 
+    def to_spec(self, trigger_name: str | None = None) -> DispatchSpec:
+        """The validated :class:`DispatchSpec` of this definition."""
+        return DispatchSpec(**self.kwargs(), function=self.function, trigger_name=trigger_name)
+
     def to_trigger(self, trigger_name: str) -> DispatchTrigger:
         """A (detached) :class:`DispatchTrigger` with this definition."""
-        return DispatchTrigger(
-            trigger_name,
-            self.function,
-            on=self.on,
-            columns=list(self.columns) if self.columns else None,
-            when=self.when,
-            for_each=self.for_each,
-            delay=self.delay,
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-            timeout=self.timeout,
-            security=self.security,
-        )
+        return DispatchTrigger.from_spec(trigger_name, self.to_spec(trigger_name))
 
 
 # ---------------------------------------------------------------------------------------
