@@ -6,7 +6,10 @@ A :class:`DispatchTrigger` is a name plus a :class:`~sa_pgdispatch.triggers.spec
 the table by ``metadata.create_all()`` and dropped before it by ``drop_all()``. A
 :class:`DispatchTriggerInfo` records a trigger as the database holds it (normalised for
 comparison); :meth:`DispatchTrigger.info_for` makes the same record from a declaration.
-Both live here because each converts into the other.
+Both live here because each converts into the other (``info_for`` / ``to_trigger``): in
+two modules they would import each other, which the package forbids. That, and the
+``when`` expression rewriting (``NEW`` / ``OLD``) the trigger renders, is why this module
+is over 500 lines.
 """
 
 from __future__ import annotations
