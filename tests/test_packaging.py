@@ -1,5 +1,6 @@
-"""The wheel ships sql/, migrations_template/ and py.typed inside the package, and an
-installed (non-editable) wheel finds them through sa_pgdispatch._resources."""
+"""The wheel ships sql/ (the extension directory: control file, Makefile, README and
+scripts), migrations_template/ and py.typed inside the package, and an installed
+(non-editable) wheel finds them through sa_pgdispatch._resources."""
 
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ def test_wheel_contents(wheel: Path) -> None:
         assert expected, f"{folder}/ is empty"
         for relative in expected:
             assert f"sa_pgdispatch/{folder}/{relative}" in names
+    # sql/ is an extension directory in the wheel too (make -C <it> install, dbdev publish)
+    for name in ("pgdispatch.control", "Makefile", "README.md", "pgdispatch--0.1.0.sql"):
+        assert f"sa_pgdispatch/sql/{name}" in names
     metadata = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "sa_pgdispatch = sa_pgdispatch.testing.pytest_plugin" in entry_points

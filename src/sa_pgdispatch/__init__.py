@@ -3,7 +3,8 @@
 The dispatcher itself is SQL (schema ``pgdispatch``, see docs/sql-api.md); this package
 installs it and makes it native to SQLAlchemy and Alembic:
 
-* :func:`install` / :func:`upgrade` / :func:`uninstall` - the SQL schema, versioned.
+* :func:`install` / :func:`upgrade` / :func:`uninstall` - the SQL schema, versioned, as
+  plain SQL, a native extension or a pg_tle extension (:func:`installed_via`).
 * :func:`start_workers` / :func:`stop_workers` / :func:`worker_budget` - a role's pg_cron
   workers (also from pg_cron's database, for an app database: ``cron_url``).
 * ``func.pgdispatch.*`` - typed SQL functions (registered on import).
@@ -39,6 +40,7 @@ from .install import (
     install,
     install_sql,
     installed_version,
+    installed_via,
     latest_version,
     uninstall,
     uninstall_sql,
@@ -105,6 +107,7 @@ __all__ = [
     "install",
     "install_sql",
     "installed_version",
+    "installed_via",
     "jobs",
     "latest_version",
     "metadata_dispatch_triggers",

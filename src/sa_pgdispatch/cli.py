@@ -38,7 +38,7 @@ from sqlalchemy.pool import NullPool
 from . import jobs as jobs_api
 from ._output import Output, duration, json_text, shorten
 from .errors import JobTimeout, NotInstalled, PgDispatchError, UsageError, WorkerError
-from .install import InstallError, install, installed_version, uninstall
+from .install import VIAS, InstallError, install, installed_version, installed_via, uninstall
 from .urls import UrlError
 from .urls import normalize_url as _normalize_url
 from .workers import libpq_dsn, start_workers, stop_workers, worker_budget
@@ -140,11 +140,15 @@ def cmd_install(args: argparse.Namespace, out: Output) -> int:
     cron_url = _cron_url(args)
     with engine.begin() as conn:
         before = installed_version(conn)
-        version = install(conn, version=args.version, workers=workers or None, cron_url=cron_url)
+        version = install(
+            conn, version=args.version, workers=workers or None, cron_url=cron_url, via=args.via
+        )
+        via = installed_via(conn)
         started = workers if before is None else (args.workers or 0)
         if before is not None and started:
             start_workers(conn, started, cron_url=cron_url)
-    suffix = f"; {started} pg_cron worker(s) started" if started else ""
+    suffix = f" ({_VIA_TEXT.get(via, via)})" if via else ""
+    suffix += f"; {started} pg_cron worker(s) started" if started else ""
     if before == version:
         out.line(f"pgdispatch {version} is already installed{suffix}")
     elif before is None:
@@ -152,6 +156,14 @@ def cmd_install(args: argparse.Namespace, out: Output) -> int:
     else:
         out.line(f"upgraded pgdispatch {before} -> {version}{suffix}")
     return EXIT_OK
+
+
+# how each install path shows in install's and status's output
+_VIA_TEXT = {
+    "sql": "plain SQL",
+    "extension": "native extension",
+    "pg_tle": "pg_tle extension",
+}
 
 
 def cmd_uninstall(args: argparse.Namespace, out: Output) -> int:
@@ -302,6 +314,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     engine = _engine(args)
     version = _require_installed(engine)
     cron_url = _cron_url(args)
+    via = installed_via(engine)
     with engine.connect() as conn:
         database, user, server, cron_host = conn.execute(_SERVER).one()
         cron_version, bgw, seconds, cron_db = conn.execute(_CRON_INFO).one()
@@ -333,6 +346,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             [
                 ("database", f"{database} as {user} (PostgreSQL {server})"),
                 ("pgdispatch", version),
+                ("installed via", f"{via} ({_VIA_TEXT[via]})" if via else "-"),
                 ("pg_cron", where),
                 ("pg_cron mode", mode),
                 ("cron.host", cron_host if not bgw else "-"),
@@ -665,6 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "fresh install, and on an existing one the workers are left as they are; "
                    "0: none until the first dispatch)")
     p.add_argument("--version", default=None, help="pgdispatch version (default: latest)")
+    p.add_argument("--via", choices=VIAS, default="sql",
+                   help="how a fresh install gets into the database: sql (plain SQL, the "
+                   "default), extension (CREATE EXTENSION from the server's extension "
+                   "directory: make -C sql install) or pg_tle (registered with pg_tle by a "
+                   "member of pgtle_admin, then CREATE EXTENSION); an existing install is "
+                   "upgraded the way it was installed")
 
     p = add("uninstall", "remove pgdispatch, its pg_cron jobs and definer functions",
             cmd_uninstall)

@@ -1,8 +1,19 @@
 """Install, upgrade and uninstall the in-database dispatcher (the ``sql/`` scripts).
 
 The SQL itself lives in ``sql/``: ``pgdispatch--<version>.sql`` installs a version from
-scratch, ``pgdispatch--<from>--<to>.sql`` upgrades one version to the next. This module
-only picks the scripts and runs them, so the SQL stays usable from psql alone.
+scratch, ``pgdispatch--<from>--<to>.sql`` upgrades one version to the next, and
+``pgdispatch.control`` makes the folder a PostgreSQL extension. This module only picks
+the scripts and runs them, so the SQL stays usable from psql alone. The same scripts get
+in three ways (``via``):
+
+* ``"sql"``: run as plain SQL (the default; what psql would do);
+* ``"extension"``: ``CREATE EXTENSION pgdispatch``, from the files a self-hosted server
+  has in its extension directory (``make -C sql install``);
+* ``"pg_tle"``: registered with pg_tle (``pgtle.install_extension()``, ...) by a member
+  of ``pgtle_admin``, then ``CREATE EXTENSION pgdispatch``: managed services.
+
+``via`` picks how a fresh install is made; an installed pgdispatch is upgraded and
+uninstalled the way it was installed (:func:`installed_via`).
 
 Every function takes a SQLAlchemy ``Connection`` (it runs inside the connection's
 transaction; the caller commits), a SQLAlchemy ``Engine`` (a transaction of its own,
@@ -16,9 +27,10 @@ import re
 from collections import deque
 from contextlib import AbstractContextManager
 from functools import cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 import psycopg
+from psycopg import sql as pgsql
 
 from ._connections import Connectable, raw_connection
 from ._resources import sql_dir
@@ -26,12 +38,15 @@ from .errors import InstallError
 from .workers import cron_statements, run_in_cron_database, unschedule_for_uninstall
 
 __all__ = [
+    "EXTENSION_NAME",
     "Connectable",
     "InstallError",
+    "Via",
     "available_versions",
     "install",
     "install_sql",
     "installed_version",
+    "installed_via",
     "latest_version",
     "uninstall",
     "uninstall_sql",
@@ -40,10 +55,18 @@ __all__ = [
     "upgrade_sql",
 ]
 
+#: How pgdispatch gets into a database: plain SQL, a native extension, a pg_tle extension.
+Via = Literal["sql", "extension", "pg_tle"]
+VIAS: tuple[Via, ...] = get_args(Via)
+#: The extension's name (``sql/pgdispatch.control``), natively and as registered with pg_tle.
+EXTENSION_NAME = "pgdispatch"
+
 _INSTALL_RE = re.compile(r"^pgdispatch--(\d+\.\d+\.\d+)\.sql$")
 _UPGRADE_RE = re.compile(r"^pgdispatch--(\d+\.\d+\.\d+)--(\d+\.\d+\.\d+)\.sql$")
+_CONTROL_RE = re.compile(r"^\s*(\w+)\s*=\s*(?:'((?:[^']|'')*)'|(\S+))\s*(?:#.*)?$")
 # Serialises concurrent installs/upgrades of the same database.
 _INSTALL_LOCK = 1885824111
+_SCHEMA = "pgdispatch"
 
 
 def _key(version: str) -> tuple[int, ...]:
@@ -64,6 +87,22 @@ def _scripts() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     return installs, upgrades
 
 
+@cache
+def _control() -> dict[str, str]:
+    """The keys of ``sql/pgdispatch.control`` (quoted values unquoted)."""
+    path = sql_dir() / f"{EXTENSION_NAME}.control"
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        m = _CONTROL_RE.match(line)
+        if m is None:
+            raise InstallError(f"{path}: cannot read {line!r}")
+        quoted, bare = m.group(2), m.group(3)
+        values[m.group(1)] = quoted.replace("''", "'") if quoted is not None else bare
+    return values
+
+
 def available_versions() -> list[str]:
     """Versions that can be installed from scratch or reached by upgrades, oldest first."""
     installs, upgrades = _scripts()
@@ -72,7 +111,7 @@ def available_versions() -> list[str]:
 
 
 def latest_version() -> str:
-    """The newest version this package ships."""
+    """The newest version this package ships (the control file's ``default_version``)."""
     return available_versions()[-1]
 
 
@@ -97,41 +136,188 @@ def upgrade_path(from_version: str, to_version: str) -> list[str]:
     raise InstallError(f"no upgrade path from pgdispatch {from_version} to {to_version}")
 
 
-def install_sql(version: str | None = None, *, workers: int | None = 1) -> str:
+def _check_via(via: str) -> Via:
+    if via not in VIAS:
+        raise InstallError(f"via must be one of {', '.join(VIAS)}, not {via!r}")
+    return via
+
+
+def _target(version: str | None) -> str:
+    target = version or latest_version()
+    if target not in available_versions():
+        raise InstallError(f"unknown pgdispatch version {target!r}; have {available_versions()}")
+    return target
+
+
+# ---------------------------------------------------------------------------------------
+# SQL text
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _dollar_quoted(text: str, base: str) -> str:
+    """``text`` as a dollar-quoted literal whose tag does not occur in it."""
+    for n in itertools.count():
+        tag = f"${base}{n or ''}$"
+        if tag not in text:
+            return f"{tag}{text}{tag}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _do(body: str) -> str:
+    """A DO block running ``body`` (PL/pgSQL statements)."""
+    return f"DO {_dollar_quoted(f'BEGIN{chr(10)}{body}END{chr(10)}', 'pgdispatch_do')};\n"
+
+
+def _tle_registered(function: str) -> str:
+    """SQL condition: pg_tle holds ``pgtle."<function>"()`` (a registered script/control)."""
+    return (
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = "
+        f"'pgtle'::regnamespace AND proname = {_literal(function)})"
+    )
+
+
+def _tle_register_sql(target: str, *, fresh: bool) -> str:
+    """SQL that registers with pg_tle every script ``CREATE EXTENSION pgdispatch VERSION
+    target`` and ``ALTER EXTENSION pgdispatch UPDATE TO target`` may need: the full scripts
+    and the update paths up to ``target``, which becomes the default version (what a restore
+    of a pg_dump creates). ``fresh``: replace whatever was registered (nothing is created
+    yet); else only what is missing is registered."""
+    installs, upgrades = _scripts()
+    fulls = sorted((v for v in installs if _key(v) <= _key(target)), key=_key)
+    paths = sorted(
+        ((a, b) for a, b in upgrades if _key(b) <= _key(target)),
+        key=lambda p: (_key(p[1]), _key(p[0])),
+    )
+    name = _literal(EXTENSION_NAME)
+    parts: list[str] = []
+    if fresh:
+        parts.append(f"SELECT pgtle.uninstall_extension_if_exists({name});\n")
+        first, *rest = fulls
+        parts.append(
+            f"SELECT pgtle.install_extension({name}, {_literal(first)}, "
+            f"{_literal(_control().get('comment', EXTENSION_NAME))},\n"
+            f"{_dollar_quoted(installs[first], 'pgdispatch_sql')},\n"
+            f"ARRAY['plpgsql'], {_literal(_SCHEMA)});\n"
+        )
+        for v in rest:
+            parts.append(
+                f"SELECT pgtle.install_extension_version_sql({name}, {_literal(v)},\n"
+                f"{_dollar_quoted(installs[v], 'pgdispatch_sql')});\n"
+            )
+        for a, b in paths:
+            parts.append(
+                f"SELECT pgtle.install_update_path({name}, {_literal(a)}, {_literal(b)},\n"
+                f"{_dollar_quoted(upgrades[(a, b)], 'pgdispatch_sql')});\n"
+            )
+    else:
+        for v in fulls:
+            parts.append(_do(
+                f"IF NOT {_tle_registered(f'{EXTENSION_NAME}--{v}.sql')} THEN\n"
+                f"  PERFORM pgtle.install_extension_version_sql({name}, {_literal(v)},\n"
+                f"{_dollar_quoted(installs[v], 'pgdispatch_sql')});\n"
+                "END IF;\n"
+            ))
+        for a, b in paths:
+            parts.append(_do(
+                f"IF NOT {_tle_registered(f'{EXTENSION_NAME}--{a}--{b}.sql')} THEN\n"
+                f"  PERFORM pgtle.install_update_path({name}, {_literal(a)}, {_literal(b)},\n"
+                f"{_dollar_quoted(upgrades[(a, b)], 'pgdispatch_sql')});\n"
+                "END IF;\n"
+            ))
+    parts.append(f"SELECT pgtle.set_default_version({name}, {_literal(target)});\n")
+    return "".join(parts)
+
+
+# Inside ALTER EXTENSION UPDATE an upgrade script may not replace the SECURITY DEFINER
+# trigger functions definer_trigger_function() made (they are not the extension's
+# members): their owner refreshes them once the extension is updated.
+_REFRESH_DEFINER_FUNCTIONS = _do(
+    "PERFORM pgdispatch.definer_trigger_function(n.nspname)\n"
+    "   FROM pgdispatch.definer_function d\n"
+    "   JOIN pg_catalog.pg_proc p ON p.oid = d.fn\n"
+    "   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace\n"
+    "  WHERE p.proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user);\n"
+)
+
+
+def _create_extension_sql(target: str) -> str:
+    return f"CREATE EXTENSION {EXTENSION_NAME} VERSION {_literal(target)};\n"
+
+
+def install_sql(
+    version: str | None = None, *, workers: int | None = 1, via: Via = "sql"
+) -> str:
     """The SQL that installs ``version`` (default: latest) from scratch.
 
     With ``workers``, it also starts that many pg_cron workers for the installing role.
-    Used as-is by offline (``--sql``) Alembic migrations.
+    ``via="extension"``: ``CREATE EXTENSION`` (the files must be in the server's extension
+    directory); ``via="pg_tle"``: the scripts registered with pg_tle (as dollar-quoted
+    literals), then ``CREATE EXTENSION``. Used as-is by offline (``--sql``) Alembic
+    migrations.
     """
+    _check_via(via)
     installs, upgrades = _scripts()
     target = version or latest_version()
-    base = max((v for v in installs if _key(v) <= _key(target)), key=_key, default=None)
-    if base is None:
-        raise InstallError(f"pgdispatch {target} cannot be installed from scratch")
-    parts = [installs[base]]
-    path = upgrade_path(base, target)
-    parts += [upgrades[(a, b)] for a, b in itertools.pairwise(path)]
+    if via == "sql":
+        base = max((v for v in installs if _key(v) <= _key(target)), key=_key, default=None)
+        if base is None:
+            raise InstallError(f"pgdispatch {target} cannot be installed from scratch")
+        parts = [installs[base]]
+        path = upgrade_path(base, target)
+        parts += [upgrades[(a, b)] for a, b in itertools.pairwise(path)]
+    else:
+        target = _target(target)
+        parts = [] if via == "extension" else [_tle_register_sql(target, fresh=True)]
+        parts.append(_create_extension_sql(target))
     if workers:
         parts.append(f"SELECT pgdispatch.start({int(workers)});\n")
     return "\n".join(parts)
 
 
-def upgrade_sql(from_version: str, to_version: str | None = None) -> str:
-    """The SQL that upgrades an installed ``from_version`` to ``to_version``."""
+def upgrade_sql(from_version: str, to_version: str | None = None, *, via: Via = "sql") -> str:
+    """The SQL that upgrades an installed ``from_version`` to ``to_version``.
+
+    ``via`` is how pgdispatch was installed: the extension paths run ``ALTER EXTENSION
+    pgdispatch UPDATE`` (``pg_tle`` registers the missing update paths first) and then
+    refresh the installing role's definer trigger functions.
+    """
+    _check_via(via)
     _, upgrades = _scripts()
-    path = upgrade_path(from_version, to_version or latest_version())
-    return "\n".join(upgrades[(a, b)] for a, b in itertools.pairwise(path))
+    target = to_version or latest_version()
+    path = upgrade_path(from_version, target)
+    if via == "sql" or len(path) == 1:
+        return "\n".join(upgrades[(a, b)] for a, b in itertools.pairwise(path))
+    parts = [] if via == "extension" else [_tle_register_sql(target, fresh=False)]
+    parts.append(f"ALTER EXTENSION {EXTENSION_NAME} UPDATE TO {_literal(target)};\n")
+    parts.append(_REFRESH_DEFINER_FUNCTIONS)
+    return "\n".join(parts)
 
 
-def uninstall_sql(*, force: bool = False) -> str:
+def uninstall_sql(*, force: bool = False, via: Via = "sql") -> str:
     """The SQL that removes pgdispatch: every object and pg_cron job it made.
 
-    Without ``force`` it raises while unfinished jobs or dispatch triggers exist.
+    Without ``force`` it raises while unfinished jobs or dispatch triggers exist. ``via``
+    is how pgdispatch was installed: the extension paths drop the extension (and the
+    schema it leaves), ``pg_tle`` also removes the registration.
     """
-    return (
-        f"SELECT pgdispatch.prepare_uninstall(force => {'true' if force else 'false'});\n"
-        "DROP SCHEMA pgdispatch CASCADE;\n"
+    _check_via(via)
+    parts = [f"SELECT pgdispatch.prepare_uninstall(force => {'true' if force else 'false'});\n"]
+    if via != "sql":
+        parts.append(f"DROP EXTENSION {EXTENSION_NAME} CASCADE;\n")
+    parts.append(
+        "DROP SCHEMA pgdispatch CASCADE;\n" if via == "sql"
+        else "DROP SCHEMA IF EXISTS pgdispatch CASCADE;\n"
     )
+    if via == "pg_tle":
+        parts.append(f"SELECT pgtle.uninstall_extension_if_exists({_literal(EXTENSION_NAME)});\n")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# online
 
 
 def _raw(conn: Connectable) -> AbstractContextManager[psycopg.Connection[Any]]:
@@ -143,6 +329,13 @@ def _run(raw: psycopg.Connection[Any], script: str) -> None:
     # No parameters: psycopg sends the script as one simple query, statements and all.
     with raw.cursor() as cur:
         cur.execute(script.encode())
+
+
+def _scalar(raw: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+    with raw.cursor() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone()
+    return row[0] if row else None
 
 
 def _installed(raw: psycopg.Connection[Any]) -> str | None:
@@ -162,9 +355,54 @@ def installed_version(conn: Connectable) -> str | None:
         return _installed(raw)
 
 
+def _extension_name(raw: psycopg.Connection[Any]) -> str | None:
+    """The extension whose member ``pgdispatch.meta`` is (``pgdispatch``, or the name
+    database.dev gave it), or None (plain SQL, or not installed)."""
+    return _scalar(  # type: ignore[no-any-return]
+        raw,
+        "SELECT e.extname::text FROM pg_catalog.pg_depend d"
+        " JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid"
+        " WHERE d.classid = 'pg_catalog.pg_class'::regclass"
+        " AND d.objid = to_regclass('pgdispatch.meta')"
+        " AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'",
+    )
+
+
+def _via(raw: psycopg.Connection[Any]) -> Via | None:
+    if _installed(raw) is None:
+        return None
+    name = _extension_name(raw)
+    if name is None:
+        return "sql"
+    # pgtle.available_extensions() lists what pg_tle registered: a pgtle."<name>.control"()
+    registered = _scalar(
+        raw,
+        "SELECT to_regnamespace('pgtle') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc"
+        " WHERE pronamespace = to_regnamespace('pgtle') AND proname = %s)",
+        (f"{name}.control",),
+    )
+    return "pg_tle" if registered else "extension"
+
+
+def installed_via(conn: Connectable) -> Via | None:
+    """How the installed pgdispatch got into the database: ``"sql"`` (plain SQL),
+    ``"extension"`` (a native extension), ``"pg_tle"`` (an extension registered with
+    pg_tle, as ``pgtle.available_extensions()`` lists), or None when it is not installed."""
+    with _raw(conn) as raw:
+        return _via(raw)
+
+
 def _lock(raw: psycopg.Connection[Any]) -> None:
     with raw.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
+
+
+def _describe(via: Via) -> str:
+    return {
+        "sql": "as plain SQL",
+        "extension": "as a native extension",
+        "pg_tle": "as a pg_tle extension",
+    }[via]
 
 
 def install(
@@ -173,6 +411,7 @@ def install(
     version: str | None = None,
     workers: int | None = 1,
     cron_url: str | None = None,
+    via: Via = "sql",
 ) -> str:
     """Install pgdispatch (or upgrade an older install) and return the installed version.
 
@@ -184,27 +423,111 @@ def install(
     In a database other than pg_cron's (an app database), pass ``cron_url``: a URL of
     pg_cron's database (``cron.database_name``) for the same role; the workers are
     scheduled there with ``cron.schedule_in_database()`` to run in this database.
+
+    ``via`` is how a fresh install is made: ``"sql"`` runs the scripts as plain SQL,
+    ``"extension"`` runs ``CREATE EXTENSION pgdispatch`` from the server's extension
+    directory (``make -C sql install``), ``"pg_tle"`` registers the scripts with pg_tle
+    (the role must be a member of ``pgtle_admin``) and then creates the extension. An
+    existing install is upgraded the way it was installed; asking for another extension
+    path than the installed one raises :class:`InstallError`.
     """
-    target = version or latest_version()
-    if target not in available_versions():
-        raise InstallError(f"unknown pgdispatch version {target!r}; have {available_versions()}")
+    _check_via(via)
+    target = _target(version)
     with _raw(conn) as raw:
         _lock(raw)
         current = _installed(raw)
+        if current is not None:
+            current_via = _via(raw) or "sql"
+            if via != "sql" and via != current_via:
+                raise InstallError(
+                    f"pgdispatch {current} is installed {_describe(current_via)}, not "
+                    f"{_describe(via)}: an install cannot change paths in place. Uninstall it "
+                    "(which drops its queue) and install again, or leave via out"
+                )
         if current == target:
             return target
         if current is None:
-            _run(raw, install_sql(target, workers=None))
+            _create(raw, target, via)
             if workers:
                 _start_after_install(raw, workers, cron_url)
         elif _key(current) < _key(target):
-            _run(raw, upgrade_sql(current, target))
+            _upgrade(raw, current, target)
         else:
             raise InstallError(
                 f"pgdispatch {current} is installed, newer than {target}: "
                 "downgrades are not supported"
             )
         return target
+
+
+def _create(raw: psycopg.Connection[Any], target: str, via: Via) -> None:
+    if via == "sql":
+        _run(raw, install_sql(target, workers=None))
+        return
+    if via == "extension":
+        _check_extension_files(raw, target)
+    else:
+        _check_pg_tle(raw)
+        _run_tle(raw, _tle_register_sql(target, fresh=True))
+    _run(raw, _create_extension_sql(target))
+
+
+def _check_extension_files(raw: psycopg.Connection[Any], target: str) -> None:
+    """The server's extension directory holds pgdispatch files that reach ``target``."""
+    versions = [
+        str(v) for v in _scalar(
+            raw,
+            "SELECT coalesce(array_agg(version::text), '{}') FROM"
+            " pg_catalog.pg_available_extension_versions WHERE name = %s",
+            (EXTENSION_NAME,),
+        )
+    ]
+    install_hint = (
+        "copy them with `make -C <sa_pgdispatch's sql folder> install PG_CONFIG=<the server's "
+        "pg_config>` (the folder: python -c 'import sa_pgdispatch._resources as r; "
+        "print(r.sql_dir())'), or install via='sql' or via='pg_tle'"
+    )
+    if not versions:
+        raise InstallError(
+            "pgdispatch's extension files (pgdispatch.control, pgdispatch--*.sql) are not in "
+            f"this server's extension directory (pg_config --sharedir)/extension: {install_hint}"
+        )
+    if target not in versions:
+        raise InstallError(
+            "the server's extension directory has pgdispatch "
+            f"{', '.join(sorted(versions, key=_key))}, not {target}: {install_hint}"
+        )
+
+
+def _check_pg_tle(raw: psycopg.Connection[Any]) -> None:
+    if not _scalar(raw, "SELECT count(*) FROM pg_catalog.pg_extension WHERE extname = 'pg_tle'"):
+        raise InstallError(
+            "pg_tle is not installed in this database: it needs pg_tle in "
+            "shared_preload_libraries, then CREATE EXTENSION pg_tle (run by a superuser, or "
+            "on a managed service by its administrator role); or install via='sql'"
+        )
+    if not _scalar(
+        raw,
+        "SELECT pg_catalog.pg_has_role(current_user, 'pgtle_admin', 'MEMBER')"
+        " FROM pg_catalog.pg_roles WHERE rolname = 'pgtle_admin'",
+    ):
+        role = _scalar(raw, "SELECT current_user")
+        raise InstallError(
+            f"role {role} is not a member of pgtle_admin, which registers pg_tle extensions: "
+            f"GRANT pgtle_admin TO {role} (as a superuser or pgtle_admin's administrator)"
+        )
+
+
+def _run_tle(raw: psycopg.Connection[Any], script: str) -> None:
+    try:
+        _run(raw, script)
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        # "control file already exists for the pgdispatch extension"
+        raise InstallError(
+            f"pg_tle refused to register pgdispatch: {_message(exc)}. A native extension's "
+            "files for pgdispatch are in this server's extension directory, and pg_tle does "
+            "not register an extension of the same name: install via='extension'"
+        ) from exc
 
 
 def _cron_database(raw: psycopg.Connection[Any]) -> str | None:
@@ -234,8 +557,33 @@ def _start_after_install(raw: psycopg.Connection[Any], workers: int, cron_url: s
     run_in_cron_database(raw, cron_url, cron_statements(raw, "start", workers))
 
 
+def _upgrade(raw: psycopg.Connection[Any], current: str, target: str) -> None:
+    via = _via(raw) or "sql"
+    if via == "sql":
+        _run(raw, upgrade_sql(current, target))
+        return
+    upgrade_path(current, target)  # no path: InstallError before anything runs
+    name = _extension_name(raw) or EXTENSION_NAME
+    if name != EXTENSION_NAME:
+        raise InstallError(
+            f"pgdispatch is installed as extension {name!r} (from database.dev?): upgrade it "
+            f"the way it was installed, e.g. select dbdev.install({_literal(name)}); "
+            f'alter extension "{name}" update to {_literal(target)};'
+        )
+    if via == "extension":
+        _check_extension_files(raw, target)
+    else:
+        _run_tle(raw, _tle_register_sql(target, fresh=False))
+    _run(raw, f"ALTER EXTENSION {EXTENSION_NAME} UPDATE TO {_literal(target)};\n")
+    _run(raw, _REFRESH_DEFINER_FUNCTIONS)
+
+
 def upgrade(conn: Connectable, to_version: str | None = None) -> str:
-    """Upgrade an installed pgdispatch to ``to_version`` (default: the latest)."""
+    """Upgrade an installed pgdispatch to ``to_version`` (default: the latest).
+
+    Plain SQL installs run the upgrade scripts; extensions are updated with ``ALTER
+    EXTENSION pgdispatch UPDATE TO``, after pg_tle has the missing update paths.
+    """
     target = to_version or latest_version()
     with _raw(conn) as raw:
         _lock(raw)
@@ -243,7 +591,7 @@ def upgrade(conn: Connectable, to_version: str | None = None) -> str:
         if current is None:
             raise InstallError("pgdispatch is not installed; use install()")
         if current != target:
-            _run(raw, upgrade_sql(current, target))
+            _upgrade(raw, current, target)
         return target
 
 
@@ -254,11 +602,16 @@ def uninstall(conn: Connectable, *, force: bool = False, cron_url: str | None = 
     ``force``. Returns False when pgdispatch was not installed. In an app database apart
     from pg_cron's, ``cron_url`` (pg_cron's database, same role) is where its workers
     are unscheduled; without it, uninstall refuses while workers are scheduled.
+
+    An extension (native or pg_tle) is dropped with ``DROP EXTENSION``, then the schema
+    it leaves behind; pg_tle's registration of it is removed too.
     """
     with _raw(conn) as raw:
         _lock(raw)
         if _installed(raw) is None:
             return False
+        via = _via(raw) or "sql"
+        name = _extension_name(raw)
         cron_db = _cron_database(raw)
         if cron_db is not None and cron_url is None and _scheduled_workers(raw):
             raise InstallError(
@@ -274,7 +627,15 @@ def uninstall(conn: Connectable, *, force: bool = False, cron_url: str | None = 
             raise InstallError(_message(exc)) from exc
         if cron_db is not None and cron_url is not None:
             unschedule_for_uninstall(raw, cron_url)
-        _run(raw, "DROP SCHEMA pgdispatch CASCADE;\n")
+        if name is None:
+            _run(raw, "DROP SCHEMA pgdispatch CASCADE;\n")
+            return True
+        extension = pgsql.Identifier(name).as_string(raw)
+        _run(raw, f"DROP EXTENSION {extension} CASCADE;\n")
+        _run(raw, "DROP SCHEMA IF EXISTS pgdispatch CASCADE;\n")
+        if via == "pg_tle":
+            with raw.cursor() as cur:
+                cur.execute("SELECT pgtle.uninstall_extension_if_exists(%s)", (name,))
         return True
 
 

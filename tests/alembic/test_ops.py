@@ -587,6 +587,60 @@ def test_offline_upgrade_writes_the_upgrade_scripts() -> None:
     assert upgrade_sql(versions[0], versions[-1]).strip() in buf.getvalue()
 
 
+# ------------------------------------------------------------------- install paths (via)
+
+
+def test_install_and_uninstall_reverses_carry_via() -> None:
+    uninstall = InstallPgdispatchOp(version="0.1.0", via="pg_tle").reverse()
+    assert uninstall.via == "pg_tle"
+    back = uninstall.reverse()
+    assert (back.version, back.via) == ("0.1.0", "pg_tle")
+    assert InstallPgdispatchOp().reverse().via == "sql"
+    assert UninstallPgdispatchOp(via="extension").reverse().via == "extension"
+
+
+def test_render_via_and_rebuild_the_same_ops() -> None:
+    text = _render(
+        InstallPgdispatchOp(via="pg_tle"),
+        UninstallPgdispatchOp(force=True, via="extension"),
+        UpgradePgdispatchOp(from_version="0.1.0", via="pg_tle"),
+    )
+    assert "op.install_pgdispatch(via='pg_tle')" in text
+    assert "op.uninstall_pgdispatch(force=True, via='extension')" in text
+    assert "op.upgrade_pgdispatch(from_version='0.1.0', via='pg_tle')" in text
+    assert "via" not in _render(InstallPgdispatchOp(), UninstallPgdispatchOp(),
+                                UpgradePgdispatchOp())
+
+
+def test_offline_pg_tle_and_extension_scripts() -> None:
+    operations, buf = _offline()
+    operations.install_pgdispatch(version="0.1.0", workers=1, via="pg_tle")  # type: ignore[attr-defined]
+    out = buf.getvalue()
+    assert install_sql("0.1.0", workers=1, via="pg_tle").strip() in out
+    assert "SELECT pgtle.install_extension('pgdispatch', '0.1.0', " in out
+    assert "CREATE EXTENSION pgdispatch VERSION '0.1.0';" in out
+    assert out.rstrip().endswith("SELECT pgdispatch.start(1);")
+
+    operations, buf = _offline()
+    operations.uninstall_pgdispatch(  # type: ignore[attr-defined]
+        via="pg_tle", cron_url="postgresql://app@db/postgres"
+    )
+    out = buf.getvalue()
+    hint = out.index("--        SELECT * FROM pgdispatch.cron_statements('uninstall');")
+    drop = out.index("DROP EXTENSION pgdispatch CASCADE;")
+    assert out.index("SELECT pgdispatch.prepare_uninstall(force => false);") < hint < drop
+    assert drop < out.index("DROP SCHEMA IF EXISTS pgdispatch CASCADE;")
+    assert out.rstrip().endswith("SELECT pgtle.uninstall_extension_if_exists('pgdispatch');")
+
+    versions = available_versions()
+    if len(versions) > 1:
+        operations, buf = _offline()
+        operations.upgrade_pgdispatch(from_version=versions[0], via="extension")  # type: ignore[attr-defined]
+        out = buf.getvalue()
+        assert f"ALTER EXTENSION pgdispatch UPDATE TO '{versions[-1]}';" in out
+        assert "CREATE OR REPLACE FUNCTION" not in out  # not the upgrade scripts themselves
+
+
 # ----------------------------------------------------------------------------- intervals
 
 

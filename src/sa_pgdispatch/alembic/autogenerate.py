@@ -320,6 +320,8 @@ def _render_install(autogen_context: AutogenContext, op: InstallPgdispatchOp) ->
         kwargs["workers"] = op.workers
     if op.cron_url is not None:
         kwargs["cron_url"] = op.cron_url
+    if op.via != "sql":
+        kwargs["via"] = op.via
     return _call(autogen_context, "install_pgdispatch", [], kwargs)
 
 
@@ -328,6 +330,8 @@ def _render_uninstall(autogen_context: AutogenContext, op: UninstallPgdispatchOp
     kwargs: dict[str, Any] = {"force": True} if op.force else {}
     if op.cron_url is not None:
         kwargs["cron_url"] = op.cron_url
+    if op.via != "sql":
+        kwargs["via"] = op.via
     return _call(autogen_context, "uninstall_pgdispatch", [], kwargs)
 
 
@@ -336,6 +340,8 @@ def _render_upgrade(autogen_context: AutogenContext, op: UpgradePgdispatchOp) ->
     kwargs: dict[str, Any] = {}
     if op.from_version is not None:
         kwargs["from_version"] = op.from_version
+    if op.via != "sql":
+        kwargs["via"] = op.via
     args = [op.to_version] if op.to_version is not None else []
     return _call(autogen_context, "upgrade_pgdispatch", args, kwargs)
 

@@ -3,10 +3,12 @@
 Importing this module (``import sa_pgdispatch.alembic`` does) registers on
 ``alembic.op``:
 
-* ``op.install_pgdispatch(version=None, workers=1, cron_url=None)`` /
-  ``op.uninstall_pgdispatch(force=False, cron_url=None)`` (each the reverse of the other);
+* ``op.install_pgdispatch(version=None, workers=1, cron_url=None, via="sql")`` /
+  ``op.uninstall_pgdispatch(force=False, cron_url=None)`` (each the reverse of the other;
+  ``via``: plain SQL, a native ``extension`` or a ``pg_tle`` extension);
 * ``op.upgrade_pgdispatch(to_version=None, from_version=None)`` (no reverse: pgdispatch
-  has no downgrade scripts);
+  has no downgrade scripts; online it follows the installed path, offline ``via=...``
+  names it);
 * ``op.create_dispatch_trigger(...)`` / ``op.drop_dispatch_trigger(...)`` (a drop carries
   the full definition, so that its reverse re-creates the same trigger) and
   ``op.replace_dispatch_trigger(..., existing={...})`` (a changed definition, migrated
@@ -37,7 +39,15 @@ from sqlalchemy.sql.expression import TableClause
 
 from .._interval import IntervalArg
 from ..errors import DispatchTriggerOpError, WorkerError
-from ..install import InstallError, install, install_sql, uninstall, uninstall_sql, upgrade
+from ..install import (
+    InstallError,
+    Via,
+    install,
+    install_sql,
+    uninstall,
+    uninstall_sql,
+    upgrade,
+)
 from ..install import upgrade_sql as _upgrade_sql
 from ..triggers import (
     DispatchSpec,
@@ -231,14 +241,25 @@ class InstallPgdispatchOp(MigrateOperation):
     :func:`resolve_cron_url`). Offline, with a ``cron_url`` from anywhere, the script
     starts no workers and ends with comments saying how to start them from pg_cron's
     database.
+
+    ``via``: how a fresh install is made (:func:`sa_pgdispatch.install.install`):
+    ``"sql"`` (plain SQL), ``"extension"`` (``CREATE EXTENSION`` from the server's
+    extension directory) or ``"pg_tle"`` (registered with pg_tle by a member of
+    ``pgtle_admin``, then ``CREATE EXTENSION``; offline, the registration calls carry the
+    scripts as dollar-quoted literals).
     """
 
     def __init__(
-        self, version: str | None = None, workers: int | None = 1, cron_url: str | None = None
+        self,
+        version: str | None = None,
+        workers: int | None = 1,
+        cron_url: str | None = None,
+        via: Via = "sql",
     ) -> None:
         self.version = version
         self.workers = workers
         self.cron_url = cron_url
+        self.via: Via = via
 
     @classmethod
     def install_pgdispatch(
@@ -247,13 +268,18 @@ class InstallPgdispatchOp(MigrateOperation):
         version: str | None = None,
         workers: int | None = 1,
         cron_url: str | None = None,
+        via: Via = "sql",
     ) -> None:
         """Install pgdispatch; see :class:`InstallPgdispatchOp`."""
-        operations.invoke(cls(version=version, workers=workers, cron_url=cron_url))
+        operations.invoke(cls(version=version, workers=workers, cron_url=cron_url, via=via))
 
     def reverse(self) -> UninstallPgdispatchOp:
         return UninstallPgdispatchOp(
-            force=False, version=self.version, workers=self.workers, cron_url=self.cron_url
+            force=False,
+            version=self.version,
+            workers=self.workers,
+            cron_url=self.cron_url,
+            via=self.via,
         )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
@@ -272,7 +298,11 @@ class UninstallPgdispatchOp(MigrateOperation):
 
     ``cron_url`` (as for :class:`InstallPgdispatchOp`): in an app database, where its
     workers are unscheduled. Offline, with a ``cron_url`` from anywhere, comments before
-    the ``DROP SCHEMA`` say how to unschedule them in pg_cron's database.
+    the ``DROP`` say how to unschedule them in pg_cron's database.
+
+    ``via``: online, pgdispatch is removed the way it was installed (an extension is
+    dropped, and pg_tle's registration of it removed); offline, ``via`` says which way
+    that was. It is also the reverse's ``via``.
     """
 
     def __init__(
@@ -282,22 +312,28 @@ class UninstallPgdispatchOp(MigrateOperation):
         version: str | None = None,
         workers: int | None = 1,
         cron_url: str | None = None,
+        via: Via = "sql",
     ) -> None:
         self.force = force
         self.version = version
         self.workers = workers
         self.cron_url = cron_url
+        self.via: Via = via
 
     @classmethod
     def uninstall_pgdispatch(
-        cls, operations: Operations, force: bool = False, cron_url: str | None = None
+        cls,
+        operations: Operations,
+        force: bool = False,
+        cron_url: str | None = None,
+        via: Via = "sql",
     ) -> None:
         """Uninstall pgdispatch; see :class:`UninstallPgdispatchOp`."""
-        operations.invoke(cls(force=force, cron_url=cron_url))
+        operations.invoke(cls(force=force, cron_url=cron_url, via=via))
 
     def reverse(self) -> InstallPgdispatchOp:
         return InstallPgdispatchOp(
-            version=self.version, workers=self.workers, cron_url=self.cron_url
+            version=self.version, workers=self.workers, cron_url=self.cron_url, via=self.via
         )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
@@ -308,16 +344,23 @@ class UninstallPgdispatchOp(MigrateOperation):
 class UpgradePgdispatchOp(MigrateOperation):
     """Upgrade an installed pgdispatch to ``to_version`` (default: the latest).
 
-    Online the installed version is read from the database. Offline it cannot be, so
-    ``from_version`` is required there. pgdispatch has no downgrade scripts, so this
-    operation has no reverse: :meth:`reverse` raises, and the ``downgrade()`` of a
-    revision that upgrades pgdispatch is written by hand (usually ``pass``: the newer
-    version stays installed, with its queued jobs).
+    Online the installed version, and how it was installed, are read from the database
+    (an extension is updated with ``ALTER EXTENSION``). Offline they cannot be, so
+    ``from_version`` is required there, and ``via`` says how pgdispatch was installed.
+    pgdispatch has no downgrade scripts, so this operation has no reverse: :meth:`reverse`
+    raises, and the ``downgrade()`` of a revision that upgrades pgdispatch is written by
+    hand (usually ``pass``: the newer version stays installed, with its queued jobs).
     """
 
-    def __init__(self, to_version: str | None = None, from_version: str | None = None) -> None:
+    def __init__(
+        self,
+        to_version: str | None = None,
+        from_version: str | None = None,
+        via: Via = "sql",
+    ) -> None:
         self.to_version = to_version
         self.from_version = from_version
+        self.via: Via = via
 
     @classmethod
     def upgrade_pgdispatch(
@@ -325,9 +368,10 @@ class UpgradePgdispatchOp(MigrateOperation):
         operations: Operations,
         to_version: str | None = None,
         from_version: str | None = None,
+        via: Via = "sql",
     ) -> None:
         """Upgrade pgdispatch; see :class:`UpgradePgdispatchOp`."""
-        operations.invoke(cls(to_version=to_version, from_version=from_version))
+        operations.invoke(cls(to_version=to_version, from_version=from_version, via=via))
 
     def reverse(self) -> MigrateOperation:
         raise DispatchTriggerOpError(
@@ -760,11 +804,12 @@ def _cron_hint(exc: Exception) -> str:
 def _install(operations: Operations, operation: InstallPgdispatchOp) -> None:
     ctx = _context(operations)
     cron_url = resolve_cron_url(ctx, operation.cron_url)
+    via = operation.via
     if ctx.as_sql:
         if cron_url is None:
-            _static(operations, install_sql(operation.version, workers=operation.workers))
+            _static(operations, install_sql(operation.version, workers=operation.workers, via=via))
         else:
-            _static(operations, install_sql(operation.version, workers=None))
+            _static(operations, install_sql(operation.version, workers=None, via=via))
             _static(operations, _offline_start_comment(cron_url, operation.workers))
         return
     try:
@@ -773,6 +818,7 @@ def _install(operations: Operations, operation: InstallPgdispatchOp) -> None:
             version=operation.version,
             workers=operation.workers,
             cron_url=cron_url,
+            via=via,
         )
     except (InstallError, WorkerError) as exc:
         if isinstance(exc, PgdispatchMigrationError):
@@ -787,11 +833,11 @@ def _uninstall(operations: Operations, operation: UninstallPgdispatchOp) -> None
     force = operation.force or bool(ctx.opts.get(FORCE_UNINSTALL_OPTION, False))
     cron_url = resolve_cron_url(ctx, operation.cron_url)
     if ctx.as_sql:
-        script = uninstall_sql(force=force)
+        script = uninstall_sql(force=force, via=operation.via)
         if cron_url is not None:
-            drop = "DROP SCHEMA pgdispatch CASCADE;"
-            head, _, tail = script.partition(drop)
-            script = f"{head}{_offline_uninstall_comment(cron_url)}\n{drop}{tail}"
+            # before the first DROP (the extension's, or the schema's)
+            at = script.index("\nDROP ") + 1
+            script = f"{script[:at]}{_offline_uninstall_comment(cron_url)}\n{script[at:]}"
         _static(operations, script)
         return
     try:
@@ -818,11 +864,16 @@ def _upgrade(operations: Operations, operation: UpgradePgdispatchOp) -> None:
                 "op.upgrade_pgdispatch() in offline (--sql) mode needs from_version=...: "
                 "the installed version cannot be read without a database"
             )
-        script = _upgrade_sql(operation.from_version, operation.to_version)
+        script = _upgrade_sql(operation.from_version, operation.to_version, via=operation.via)
         if script.strip():
             _static(operations, script)
     else:
-        upgrade(_connection(operations), operation.to_version)
+        try:
+            upgrade(_connection(operations), operation.to_version)
+        except PgdispatchMigrationError:
+            raise
+        except InstallError as exc:
+            raise PgdispatchMigrationError(str(exc)) from exc
 
 
 def _table(operation: _TriggerOp) -> TableClause:
