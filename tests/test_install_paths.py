@@ -405,6 +405,47 @@ def test_pg_tle_refusals(tle_server: EphemeralPostgres) -> None:
 
 @pytest.mark.db
 @pytest.mark.timeout(900)
+def test_pg_tle_under_a_database_dev_name(
+    tle_server: EphemeralPostgres, tle_admin: psycopg.Connection[Any]
+) -> None:
+    """Registered as database.dev's client registers a package (dbdev.install(): its
+    name, no schema argument, every version and update path, the default version), and
+    created by its name: sa_pgdispatch finds it, leaves its upgrades to dbdev, removes it."""
+    conn, name = tle_admin, "acme@pgdispatch"
+    installs = {p.name: p.read_text() for p in sql_dir().glob("pgdispatch--*.sql")}
+    conn.execute(
+        "SELECT pgtle.install_extension(%s, %s, 'pgdispatch', %s, ARRAY['plpgsql'])",
+        (name, OLDEST, installs[f"pgdispatch--{OLDEST}.sql"]),
+    )
+    for a, b in itertools.pairwise(upgrade_path(OLDEST, LATEST)):
+        conn.execute(
+            "SELECT pgtle.install_update_path(%s, %s, %s, %s)",
+            (name, a, b, installs[f"pgdispatch--{a}--{b}.sql"]),
+        )
+    conn.execute("SELECT pgtle.set_default_version(%s, %s)", (name, LATEST))
+    conn.execute(f"CREATE EXTENSION \"{name}\" VERSION '{OLDEST}'")
+    conn.commit()
+    assert installed_via(conn) == "pg_tle"
+    assert installed_version(conn) == OLDEST
+    if LATEST != OLDEST:
+        with pytest.raises(InstallError, match=re.escape(f"select dbdev.install('{name}')")):
+            upgrade(conn)
+        conn.rollback()
+        conn.execute(f"ALTER EXTENSION \"{name}\" UPDATE TO '{LATEST}'")
+        conn.commit()
+    assert installed_version(conn) == LATEST
+    assert uninstall(conn) is True
+    conn.commit()
+    assert _one(conn, "SELECT count(*) FROM pg_extension WHERE extname = %s", name) == 0
+    assert _one(conn, "SELECT to_regnamespace('pgdispatch')") is None
+    assert _one(
+        conn, "SELECT count(*) FROM pgtle.available_extensions() WHERE name = %s", name
+    ) == 0
+    conn.commit()
+
+
+@pytest.mark.db
+@pytest.mark.timeout(900)
 def test_pg_tle_through_the_command_line(
     tle_server: EphemeralPostgres, tle_admin: psycopg.Connection[Any]
 ) -> None:
