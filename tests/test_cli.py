@@ -258,8 +258,8 @@ def test_install_status_uninstall_on_a_server_of_its_own() -> None:
             dispatch(engine, "SELECT 1")  # schedules the role's workers (first dispatch)
             code, out = run("status", "--url", url)
             assert code == 0
-            assert "pgdispatch:postgres:1" in out
-            assert "pgdispatch:postgres:watchdog" in out
+            assert "pgdispatch:1" in out
+            assert "pgdispatch:watchdog" in out
             code, out = run("uninstall", "--url", url)
             assert code == cli.EXIT_FAILURE  # a queued job
             code, out = run("uninstall", "--url", url, "--force")
@@ -474,7 +474,11 @@ def test_install_start_stop_status_uninstall_in_an_app_database(
     app_db: tuple[str, str, str, str], pgdispatch_db: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     role, name, url, cron_url = app_db
-    remote = [f"pgdispatch:{role}:1@{name}", f"pgdispatch:{role}:watchdog@{name}"]
+    with pgdispatch_db.connect() as conn:
+        oid = conn.execute(
+            text("SELECT oid FROM pg_database WHERE datname = :d"), {"d": name}
+        ).scalar_one()
+    remote = [f"pgdispatch:1@{oid}", f"pgdispatch:watchdog@{oid}"]  # their names in status
 
     code, _ = run("install", "--url", url, env={})
     assert code == cli.EXIT_FAILURE  # a worker to start, and nowhere to say where
@@ -485,7 +489,7 @@ def test_install_start_stop_status_uninstall_in_an_app_database(
     code, out = run("--cron-url", cron_url, "install", "--url", url, env={})
     assert code == 0, out
     assert "1 pg_cron worker(s) started" in out
-    assert _worker_jobs(pgdispatch_db, role) == remote
+    assert _worker_jobs(pgdispatch_db, role) == ["1", "watchdog"]
 
     code, out = run("status", "--url", url, env={})
     assert code == 0, out
@@ -506,9 +510,7 @@ def test_install_start_stop_status_uninstall_in_an_app_database(
     code, out = run("start", "--url", url, "--workers", "2", "--cron-url", cron_url, env={})
     assert code == 0, out
     assert "started 2 pg_cron worker(s)" in out
-    assert _worker_jobs(pgdispatch_db, role) == [
-        f"pgdispatch:{role}:1@{name}", f"pgdispatch:{role}:2@{name}", remote[1]
-    ]
+    assert _worker_jobs(pgdispatch_db, role) == ["1", "2", "watchdog"]
     code, _ = run("start", "--url", url, env={})
     assert code == cli.EXIT_FAILURE
     assert "--cron-url" in capsys.readouterr().err
@@ -530,8 +532,7 @@ def test_start_and_stop_in_pg_cron_database(role_url: str, pgdispatch_db: Engine
         code, out = run("start", "--url", role_url, "--workers", "1", env={})
         assert code == 0, out
         assert "started 1 pg_cron worker(s)" in out
-        assert _worker_jobs(pgdispatch_db, role) == [f"pgdispatch:{role}:1",
-                                                     f"pgdispatch:{role}:watchdog"]
+        assert _worker_jobs(pgdispatch_db, role) == ["1", "watchdog"]
     finally:
         code, out = run("stop", "--url", role_url, env={})  # role_url's workers stay stopped
     assert code == 0, out

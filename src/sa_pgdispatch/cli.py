@@ -182,7 +182,8 @@ def cmd_start(args: argparse.Namespace, out: Output) -> int:
         role = conn.execute(sa.text("SELECT current_user")).scalar_one()
         start_workers(conn, args.workers, cron_url=_cron_url(args))
         count = conn.execute(
-            sa.text("SELECT workers FROM pgdispatch.worker WHERE role = current_user")
+            sa.text("SELECT workers FROM pgdispatch.worker"
+                    " WHERE role_id = to_regrole(quote_ident(current_user))")
         ).scalar_one()
     out.line(f"started {count} pg_cron worker(s) and a watchdog for role {role}")
     return EXIT_OK
@@ -205,16 +206,17 @@ _CRON_JOBS = sa.text(
 )
 _WORKERS = sa.text(
     """
-    SELECT w.role, w.workers, w.enabled, w.schedule,
-           (SELECT count(*) FROM pg_locks l JOIN pg_roles r ON r.rolname = w.role
+    SELECT coalesce(r.rolname, w.role) AS role, w.workers, w.enabled, w.schedule,
+           (SELECT count(*) FROM pg_locks l
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                AND l.classid::bigint BETWEEN 1885824114 AND 1885824113 + 16
-               AND l.objid::bigint = (r.oid::bigint & 4294967295)) AS alive,
-           (SELECT count(*) FROM pg_locks l JOIN pg_roles r ON r.rolname = w.role
+               AND l.objid::bigint = (w.role_id::oid::bigint & 4294967295)) AS alive,
+           (SELECT count(*) FROM pg_locks l
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                AND l.classid::bigint = 1885824113
-               AND l.objid::bigint = (r.oid::bigint & 4294967295)) AS watchdog
-      FROM pgdispatch.worker w ORDER BY w.role
+               AND l.objid::bigint = (w.role_id::oid::bigint & 4294967295)) AS watchdog
+      FROM pgdispatch.worker w LEFT JOIN pg_roles r ON r.oid = w.role_id  -- (its current name)
+     ORDER BY 1
     """
 )
 _CRON_FAILURES = sa.text(

@@ -189,7 +189,8 @@ def _run(url: str | None, profiles: int, report: _Reporter) -> DemoResult:
         version = install(app, workers=None)
         with app.begin() as conn:
             had_workers = conn.execute(
-                sa.text("SELECT enabled FROM pgdispatch.worker WHERE role = current_user")
+                sa.text("SELECT enabled FROM pgdispatch.worker"
+                        " WHERE role_id = to_regrole(quote_ident(current_user))")
             ).scalar()
             conn.execute(sa.text("SELECT pgdispatch.start(:n)"), {"n": WORKERS})
             cron = conn.execute(
@@ -207,7 +208,7 @@ def _run(url: str | None, profiles: int, report: _Reporter) -> DemoResult:
             f"({'background workers' if cron.background_workers else 'libpq'} mode)"
         )
         report.step(
-            f"scheduled {WORKERS} pg_cron workers for {role} (pgdispatch:{role}:1..{WORKERS}, "
+            f"scheduled {WORKERS} pg_cron workers for {role} (pgdispatch:1..{WORKERS}, as {role}, "
             f"'* * * * *'): the first one starts at the next minute tick, in {tick:.0f} s"
         )
 

@@ -90,9 +90,13 @@ def _cron_jobs(server: PgServer, role: str) -> set[tuple[str, str]]:
 
 
 def _workers_of(app: AppDatabase) -> set[tuple[str, str]]:
+    # (job names hold the app database's oid, not its name)
+    with psycopg.connect(app.cron_dsn) as conn:
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (app.name,)).fetchone()
+    assert row is not None
     return {
-        (f"pgdispatch:{app.role}:1@{app.name}", app.name),
-        (f"pgdispatch:{app.role}:watchdog@{app.name}", app.name),
+        (f"pgdispatch:1@{row[0]}", app.name),
+        (f"pgdispatch:watchdog@{row[0]}", app.name),
     }
 
 

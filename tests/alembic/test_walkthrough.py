@@ -195,7 +195,7 @@ def test_upgrade_head_creates_everything(project: Project) -> None:
     )
     # op.install_pgdispatch() started the migrating role's pg_cron workers
     jobs = {row[0] for row in project.sql("SELECT jobname FROM cron.job")}
-    assert jobs == {"pgdispatch:postgres:1", "pgdispatch:postgres:watchdog"}
+    assert jobs == {"pgdispatch:1", "pgdispatch:watchdog"}
 
 
 def test_check_passes_after_upgrade(project: Project) -> None:
@@ -308,7 +308,7 @@ def test_offline_sql_applied_with_psql_gives_the_same_schema(project: Project) -
         with psycopg.connect(fresh.dsn) as conn:
             jobs = {r[0] for r in conn.execute("SELECT jobname FROM cron.job")}
             version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    assert jobs == {"pgdispatch:postgres:1", "pgdispatch:postgres:watchdog"}
+    assert jobs == {"pgdispatch:1", "pgdispatch:watchdog"}
     assert version == [(project.revisions[-1],)]
 
 

@@ -165,8 +165,8 @@ def test_no_job_lost_or_duplicated_through_terminate_kill9_and_immediate_restart
         ran = rel.count(
             su,
             "SELECT count(*) FROM cron.job_run_details d JOIN cron.job j USING (jobid)"
-            " WHERE j.jobname LIKE %s AND d.username = %s",
-            (f"pgdispatch:{role}:%", role),
+            " WHERE j.jobname LIKE 'pgdispatch:%%' AND d.username = %s",
+            (role,),
         )
     with rel.connect(server, role) as conn:
         conn.execute("SELECT pgdispatch.stop()")

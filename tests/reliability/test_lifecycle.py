@@ -150,8 +150,8 @@ def test_uninstall_removes_every_pg_cron_job_of_every_role(rel: Any, fresh: Any)
     with rel.connect(fresh, stopped) as conn:
         conn.execute("SELECT pgdispatch.stop()")
     with rel.connect(fresh) as su:
-        names = {r[0] for r in su.execute("SELECT jobname FROM cron.job")}
-        assert {f"pgdispatch:{running}:1", f"pgdispatch:{running}:watchdog"} <= names
+        names = {(r[0], r[1]) for r in su.execute("SELECT jobname, username FROM cron.job")}
+        assert {("pgdispatch:1", running), ("pgdispatch:watchdog", running)} <= names
         assert uninstall(su) is True
         left = su.execute(
             "SELECT jobname FROM cron.job WHERE jobname LIKE 'pgdispatch:%'"

@@ -69,7 +69,7 @@ def test_a_normal_roles_first_dispatch_starts_its_own_workers(
                 "SELECT jobname, username FROM cron.job WHERE jobname LIKE 'pgdispatch:%'"
             )
         }
-        assert names == {f"pgdispatch:{role}:1": role, f"pgdispatch:{role}:watchdog": role}
+        assert names == {"pgdispatch:1": role, "pgdispatch:watchdog": role}
         conn.execute("SELECT pgdispatch.stop()")
         conn.execute("CALL pgdispatch.work(drain => true)")
         assert _state(conn, job)[0] == "succeeded"
@@ -156,19 +156,31 @@ def test_other_roles_jobs_are_invisible_and_untouchable(rel: Any, env: Any) -> N
             a.execute("SELECT pgdispatch.cancel(%s)", (queued,))
         # writing the tables directly
         refused = {
+            # (a row belongs to the role of its role_id, the role's oid; role is its name)
             "insert job as bob": (
                 "INSERT INTO pgdispatch.job (role, command) VALUES (%s, 'SELECT 1')", (bob,)
             ),
-            "update job command": ("UPDATE pgdispatch.job SET command = 'SELECT 2'", None),
-            "insert history as bob": (
-                "INSERT INTO pgdispatch.job_history (id, role, command, state, priority,"
-                " attempts, max_attempts, capture, created_at, run_at, finished_at)"
-                " VALUES (-1, %s, 'x', 'succeeded', 0, 1, 1, false, now(), now(), now())",
+            "insert job as bob's oid": (
+                "INSERT INTO pgdispatch.job (role_id, command) VALUES (%s::regrole, 'SELECT 1')",
                 (bob,),
             ),
+            "update job command": ("UPDATE pgdispatch.job SET command = 'SELECT 2'", None),
+            "update job role": ("UPDATE pgdispatch.job SET role_id = %s::regrole", (bob,)),
+            "insert history as bob": (
+                "INSERT INTO pgdispatch.job_history (id, role, role_id, command, state, priority,"
+                " attempts, max_attempts, capture, created_at, run_at, finished_at)"
+                " VALUES (-1, %s, %s::regrole, 'x', 'succeeded', 0, 1, 1, false, now(), now(),"
+                " now())",
+                (bob, bob),
+            ),
             "insert worker as bob": (
-                "INSERT INTO pgdispatch.worker (role, workers, enabled) VALUES (%s, 1, false)",
-                (bob,),
+                "INSERT INTO pgdispatch.worker (role, role_id, workers, enabled)"
+                " VALUES (%s, %s::regrole, 1, false)",
+                (bob, bob),
+            ),
+            "request the cancellation of bob's job": (
+                "INSERT INTO pgdispatch.cancel_request (job_id, role_id) VALUES (%s, %s::regrole)",
+                (queued, bob),
             ),
             "update settings": ("UPDATE pgdispatch.settings SET retry_backoff = '0'", None),
             "update meta": ("UPDATE pgdispatch.meta SET value = '9.9.9'", None),

@@ -67,6 +67,13 @@ def _grant_schedule_in_database(admin: Engine, role: str) -> None:
     run(admin, f'GRANT EXECUTE ON FUNCTION {SCHEDULE_IN_DATABASE} TO "{role}"')
 
 
+def _name(app: App, slot: str) -> str:
+    """The pg_cron job name of a worker slot (or the watchdog) of the app database: the
+    database's oid, not its name (any name fits pg_cron 1.4's 63-byte job names)."""
+    oid = run(app.cron, "SELECT oid FROM pg_database WHERE datname = :d", d=app.database)
+    return f"pgdispatch:{slot}@{oid}"
+
+
 def _jobs(app: App) -> dict[str, str]:
     return {
         r["jobname"]: r["database"]
@@ -117,8 +124,8 @@ def test_sql_only_statements_schedule_workers_that_run_jobs_here(
         for statement in statements:
             cron.execute(statement.encode())
     assert _jobs(app) == {
-        f"pgdispatch:{app.role}:1@{app.database}": app.database,
-        f"pgdispatch:{app.role}:watchdog@{app.database}": app.database,
+        _name(app, "1"): app.database,
+        _name(app, "watchdog"): app.database,
     }
     run(
         app.engine,
@@ -144,11 +151,11 @@ def test_python_install_start_stop_and_uninstall_with_cron_url(
     with app.engine.begin() as conn:
         install(conn, workers=2, cron_url=app.cron_url)
     assert set(_jobs(app)) == {
-        f"pgdispatch:{app.role}:{slot}@{app.database}" for slot in ("1", "2", "watchdog")
+        _name(app, slot) for slot in ("1", "2", "watchdog")
     }
     start_workers(app.engine, 1, cron_url=app.cron_url)
     assert set(_jobs(app)) == {
-        f"pgdispatch:{app.role}:{slot}@{app.database}" for slot in ("1", "watchdog")
+        _name(app, slot) for slot in ("1", "watchdog")
     }
     # a second app database of the same role: jobs of their own, side by side
     other = f"{app.database}_2"
@@ -164,7 +171,7 @@ def test_python_install_start_stop_and_uninstall_with_cron_url(
         other_engine.dispose()
         _autocommit(pgdispatch_db, f'DROP DATABASE "{other}" WITH (FORCE)')
     assert set(_jobs(app)) == {
-        f"pgdispatch:{app.role}:{slot}@{app.database}" for slot in ("1", "watchdog")
+        _name(app, slot) for slot in ("1", "watchdog")
     }
     # the same role's workers for pg_cron's own database leave this database's alone
     run(pgdispatch_db, "SELECT pgdispatch.grant_usage(:r)", r=app.role)
@@ -174,7 +181,7 @@ def test_python_install_start_stop_and_uninstall_with_cron_url(
     run(pgdispatch_db, "DELETE FROM pgdispatch.worker WHERE role = :r", r=app.role)
     run(pgdispatch_db, "SELECT pgdispatch.revoke_usage(:r)", r=app.role)
     assert set(_jobs(app)) == {
-        f"pgdispatch:{app.role}:{slot}@{app.database}" for slot in ("1", "watchdog")
+        _name(app, slot) for slot in ("1", "watchdog")
     }
     # the URL must be the same role's
     with pytest.raises(WorkerError, match="connect to pg_cron's database as"):

@@ -46,10 +46,10 @@ def test_grant_usage_lets_a_role_start_and_stop_its_workers(
         try:
             run(engine, "SELECT pgdispatch.start(2)")
             jobs = {r["jobname"] for r in rows(engine, "SELECT jobname FROM cron.job")}
-            assert jobs == {f"pgdispatch:{name}:{slot}" for slot in ("1", "2", "watchdog")}
+            assert jobs == {f"pgdispatch:{slot}" for slot in ("1", "2", "watchdog")}
             run(engine, "SELECT pgdispatch.start(1)")  # fewer slots: the extra one goes
             jobs = {r["jobname"] for r in rows(engine, "SELECT jobname FROM cron.job")}
-            assert jobs == {f"pgdispatch:{name}:1", f"pgdispatch:{name}:watchdog"}
+            assert jobs == {"pgdispatch:1", "pgdispatch:watchdog"}
             run(engine, "SELECT pgdispatch.stop()")
             assert rows(engine, "SELECT jobname FROM cron.job") == []
         finally:

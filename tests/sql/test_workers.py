@@ -278,22 +278,25 @@ def test_first_dispatch_starts_workers_and_stop_keeps_them_stopped(
             if run(db, "SELECT NOT (pgdispatch.cron_info()).second_schedules")
             else "1 seconds"
         )
+        oid = run(db, "SELECT oid FROM pg_roles WHERE rolname = :r", r=bob)
+        # (the names hold no role name: cron.job is unique on (jobname, username); the
+        # commands carry the role's oid, for repair_roles())
         assert cron_jobs(db, bob) == [
             {
-                "jobname": f"pgdispatch:{bob}:1",
+                "jobname": "pgdispatch:1",
                 "schedule": schedule,
-                "command": "CALL pgdispatch.work(slot => 1)",
+                "command": f"CALL pgdispatch.work(slot => 1) /* role {oid} */",
             },
             {
-                "jobname": f"pgdispatch:{bob}:watchdog",
+                "jobname": "pgdispatch:watchdog",
                 "schedule": schedule,
-                "command": "CALL pgdispatch.watchdog()",
+                "command": f"CALL pgdispatch.watchdog() /* role {oid} */",
             },
         ]
         run(bob_db, "SELECT pgdispatch.start(3)")
         assert [j["jobname"] for j in cron_jobs(db, bob)] == [
-            f"pgdispatch:{bob}:{n}" for n in (1, 2, 3)
-        ] + [f"pgdispatch:{bob}:watchdog"]
+            f"pgdispatch:{n}" for n in (1, 2, 3)
+        ] + ["pgdispatch:watchdog"]
         run(bob_db, "SELECT pgdispatch.start(2)")
         assert len(cron_jobs(db, bob)) == 3
         run(bob_db, "SELECT pgdispatch.stop()")
