@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 import psycopg
 import sqlalchemy as sa
 
-from .errors import PgDispatchError
+from .errors import ArgumentTypeError, PgDispatchError
 
 __all__ = ["Connectable", "raw_connection"]
 
@@ -47,6 +47,6 @@ def raw_connection(
     if isinstance(conn, psycopg.Connection):
         yield conn
         return
-    raise TypeError(
+    raise ArgumentTypeError(
         f"expected a SQLAlchemy Connection/Engine or a psycopg Connection, got {conn!r}"
     )

@@ -43,6 +43,7 @@ from rich.table import Table
 from sqlalchemy.pool import NullPool
 
 from ._output import Output
+from .errors import UnexpectedStateError
 from .install import install, installed_version, uninstall
 
 __all__ = ["DEMO_ROLE", "DemoResult", "run_demo"]
@@ -329,7 +330,7 @@ def demo_revision(revision: str, down_revision: str | None, schema: str) -> str:
     ):
         found = [i for i, line in enumerate(lines) if line.startswith(start)]
         if len(found) != 1:
-            raise RuntimeError(f"{_REVISION_MODULE}: expected one line starting {start!r}")
+            raise UnexpectedStateError(f"{_REVISION_MODULE}: expected one line starting {start!r}")
         lines[found[0]] = f"{start}{value}\n"
     return "".join(lines)
 
@@ -405,7 +406,7 @@ def _wait_for_worker(admin: sa.Engine, role: str, report: _Reporter) -> float:
                     " AND d.status = 'failed' ORDER BY d.start_time DESC LIMIT 3"
                 )
             ).scalars().all()
-        raise RuntimeError(
+        raise UnexpectedStateError(
             f"no pg_cron worker started within {TICK_WAIT_LIMIT:.0f} s"
             + (f"; recent pg_cron failures: {list(failures)}" if failures else "")
         )

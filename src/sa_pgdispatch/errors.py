@@ -3,9 +3,9 @@
 Every exception raised on purpose by the job API, the SQLAlchemy and Alembic
 integrations, the CLI and the test helpers is a :class:`PgDispatchError`; some are also
 a built-in or SQLAlchemy/Alembic exception (in parentheses), so that code catching those
-keeps working. Each class is defined here (but ``PgdispatchMigrationError``, in
-:mod:`sa_pgdispatch.alembic`, which imports Alembic) and importable from the module that
-raises it too::
+keeps working. Each class is defined here (but ``PgdispatchMigrationError`` and
+``TemplateError``, in :mod:`sa_pgdispatch.alembic`, which imports Alembic) and importable
+from the module that raises it too::
 
     PgDispatchError
     ├── NotInstalled            pgdispatch is not installed in this database
@@ -32,6 +32,12 @@ raises it too::
     │                           reversed or run (ValueError)
     ├── UrlError                urls: not PostgreSQL through psycopg 3 (ValueError)
     ├── UsageError              cli: a command line that cannot work (exit 2)
+    ├── alembic.TemplateError   the project template cannot be used as asked
+    │                           (alembic.util.CommandError)
+    ├── ArgumentError           an argument value a function cannot take (ValueError)
+    ├── ArgumentTypeError       an argument type a function cannot take (TypeError)
+    ├── UnexpectedStateError    something the package relies on did not hold
+    │                           (RuntimeError)
     └── HarnessError            testing: the test server cannot be found, set up or
         │                       used (RuntimeError)
         ├── PostgresNotFound    no PostgreSQL server binaries
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
     from .jobs import Job
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "BackendUnavailable",
     "DispatchRenderError",
     "DispatchTriggerError",
@@ -75,6 +83,7 @@ __all__ = [
     "PgDispatchNotInstalledError",
     "PostgresNotFound",
     "ResourceNotFound",
+    "UnexpectedStateError",
     "UrlError",
     "UsageError",
     "WorkerError",
@@ -222,6 +231,18 @@ class UrlError(PgDispatchError, ValueError):
 
 class UsageError(PgDispatchError):
     """A command line that cannot work (exit 2)."""
+
+
+class ArgumentError(PgDispatchError, ValueError):
+    """An argument has a value the function cannot take (a limit below 1, a bad name)."""
+
+
+class ArgumentTypeError(PgDispatchError, TypeError):
+    """An argument is of a type the function cannot take."""
+
+
+class UnexpectedStateError(PgDispatchError, RuntimeError):
+    """Something the package relies on did not hold (an unexpected server answer or file)."""
 
 
 class HarnessError(PgDispatchError, RuntimeError):

@@ -39,6 +39,8 @@ from sqlalchemy.sql.expression import literal
 from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.sql.visitors import InternalTraversal
 
+from .errors import ArgumentError, ArgumentTypeError
+
 __all__ = [
     "PACKAGE",
     "VOID",
@@ -82,7 +84,7 @@ class NamedArgument(elements.ColumnElement[Any]):
 
     def __init__(self, name: str, value: elements.ColumnElement[Any]) -> None:
         if not name.isidentifier() or not name.isascii() or name.lower() != name:
-            raise ValueError(f"invalid argument name {name!r}")
+            raise ArgumentError(f"invalid argument name {name!r}")
         self.name = name
         self.value = value
         self.type = value.type
@@ -101,7 +103,7 @@ def _arg(value: Any, type_: sqltypes.TypeEngine[Any]) -> elements.ColumnElement[
     if isinstance(value, elements.ColumnElement):
         return value
     if isinstance(value, elements.ClauseElement):
-        raise TypeError(f"expected a column expression or a Python value, got {value!r}")
+        raise ArgumentTypeError(f"expected a column expression or a Python value, got {value!r}")
     return literal(value, type_)
 
 
@@ -124,7 +126,7 @@ class _PgDispatchFunction(GenericFunction[Any]):
         type_ = kwargs.pop("type_", None)
         names = [name for name, _ in self._signature]
         if len(args) > len(self._signature):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{PACKAGE}.{self.name}() takes at most {len(self._signature)} positional "
                 f"arguments ({len(args)} given)"
             )
@@ -134,17 +136,17 @@ class _PgDispatchFunction(GenericFunction[Any]):
         given = set(names[: len(args)])
         for key, value in kwargs.items():
             if key not in names:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"{PACKAGE}.{self.name}() got an unexpected keyword argument {key!r}; "
                     f"expected one of {', '.join(names)}"
                 )
             if key in given:
-                raise TypeError(f"{PACKAGE}.{self.name}() got multiple values for {key!r}")
+                raise ArgumentTypeError(f"{PACKAGE}.{self.name}() got multiple values for {key!r}")
             index = names.index(key)
             if index < self._required:
                 # a required parameter given by keyword: keep it positional
                 if index != len(parsed):
-                    raise TypeError(
+                    raise ArgumentTypeError(
                         f"{PACKAGE}.{self.name}(): required argument {key!r} must be "
                         "given positionally"
                     )
@@ -152,7 +154,7 @@ class _PgDispatchFunction(GenericFunction[Any]):
             given.add(key)
         missing = [name for name in names[: self._required] if name not in given]
         if missing:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{PACKAGE}.{self.name}() missing required argument(s): {', '.join(missing)}"
             )
         for key, value in kwargs.items():

@@ -70,7 +70,7 @@ from sqlalchemy.sql.dml import Insert, Update
 
 from . import functions
 from ._interval import format_timedelta
-from .errors import DispatchRenderError
+from .errors import ArgumentTypeError, DispatchRenderError
 
 __all__ = [
     "DispatchRenderError",
@@ -327,7 +327,7 @@ def render_sql(stmt: str | Executable) -> str:
             raise DispatchRenderError("SQL command contains a NUL character")
         return stmt
     if not isinstance(stmt, Executable):
-        raise TypeError(f"expected a SQL string or a SQLAlchemy statement, got {stmt!r}")
+        raise ArgumentTypeError(f"expected a SQL string or a SQLAlchemy statement, got {stmt!r}")
     if isinstance(stmt, Insert):
         # no implicit "RETURNING <primary key>": the job has nobody to return it to
         stmt = stmt.inline()

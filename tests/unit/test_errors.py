@@ -30,7 +30,11 @@ INTERNAL = {
 }
 # Also an alembic.util.CommandError: defined with the Alembic operations, so that
 # sa_pgdispatch.errors does not import Alembic.
-OUTSIDE_ERRORS = {"sa_pgdispatch.alembic.ops.PgdispatchMigrationError"}
+# (they derive from Alembic's CommandError: errors.py does not import Alembic)
+OUTSIDE_ERRORS = {
+    "sa_pgdispatch.alembic.ops.PgdispatchMigrationError",
+    "sa_pgdispatch.alembic.template.TemplateError",
+}
 
 
 def _modules() -> list[ModuleType]:

@@ -27,6 +27,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
 from .._resources import template_dir
+from ..errors import PgDispatchError
 from ..urls import UrlError, normalize_url
 from .ops import FORCE_UNINSTALL_OPTION, InstallPgdispatchOp
 
@@ -58,6 +59,10 @@ _TEMPLATE_SKIP = {"alembic.ini.mako", "__pycache__"}
 NameFilter = Callable[[str | None, str, Mapping[str, Any]], bool]
 
 
+class TemplateError(PgDispatchError, CommandError):
+    """The project template cannot be used as asked (a bad URL, option or target)."""
+
+
 # ------------------------------------------------------------------------- env.py helpers
 
 
@@ -67,7 +72,7 @@ def _normalize_url(raw: str, source: str) -> URL:
     try:
         return normalize_url(raw)
     except UrlError as exc:
-        raise CommandError(f"{exc} (the URL from {source})") from None
+        raise TemplateError(f"{exc} (the URL from {source})") from None
 
 
 def database_url(config: Config, environ: Mapping[str, str] | None = None) -> URL:
@@ -85,7 +90,7 @@ def database_url(config: Config, environ: Mapping[str, str] | None = None) -> UR
     configured = config.get_main_option("sqlalchemy.url")
     if configured and configured.strip() and configured.strip() != _URL_PLACEHOLDER:
         return _normalize_url(configured.strip(), f"sqlalchemy.url in {config.config_file_name}")
-    raise CommandError(
+    raise TemplateError(
         "no database URL: set $SA_PGDISPATCH_URL or $DATABASE_URL, or sqlalchemy.url in "
         f"{config.config_file_name or 'alembic.ini'} (postgresql+psycopg://user@host/dbname)"
     )
@@ -94,23 +99,23 @@ def database_url(config: Config, environ: Mapping[str, str] | None = None) -> UR
 def _load_one(spec: str) -> MetaData:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise CommandError(
+        raise TemplateError(
             f"{METADATA_OPTION} = {spec!r}: expected 'package.module:attribute', "
             "e.g. myapp.models:Base.metadata"
         )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CommandError(f"{METADATA_OPTION}: cannot import {module_name!r}: {exc}") from exc
+        raise TemplateError(f"{METADATA_OPTION}: cannot import {module_name!r}: {exc}") from exc
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CommandError(
+            raise TemplateError(
                 f"{METADATA_OPTION} = {spec!r}: {module_name} has no attribute {attribute!r}"
             ) from None
     if not isinstance(obj, MetaData):
-        raise CommandError(
+        raise TemplateError(
             f"{METADATA_OPTION} = {spec!r} is a {type(obj).__name__}, not a sqlalchemy MetaData"
         )
     return obj
@@ -147,7 +152,7 @@ def _flag(value: str | None, name: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise CommandError(f"-x {name}={value!r}: expected true or false")
+    raise TemplateError(f"-x {name}={value!r}: expected true or false")
 
 
 def configure_options(
@@ -218,15 +223,15 @@ def init_project(
     target = Path(directory).absolute()
     ini = Path(config_file).absolute() if config_file is not None else target.parent / "alembic.ini"
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise CommandError(f"Directory {target} already exists and is not empty")
+        raise TemplateError(f"Directory {target} already exists and is not empty")
     if ini.exists():
-        raise CommandError(f"{ini} already exists; pass another config_file or remove it")
+        raise TemplateError(f"{ini} already exists; pass another config_file or remove it")
     if url is not None:
         _normalize_url(url, "init_project(url=...)")
     if metadata is not None and metadata.strip():
         for spec in metadata.replace(",", " ").split():
             if ":" not in spec:
-                raise CommandError(
+                raise TemplateError(
                     f"metadata={metadata!r}: expected 'package.module:attribute'"
                 )
 

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from ..errors import JobNotFinished, JobNotFound, JobTimeout
+from ..errors import ArgumentTypeError, JobNotFinished, JobNotFound, JobTimeout
 from . import _model as m
 from ._model import Job, JobState, JobStats
 
@@ -61,7 +61,9 @@ def _using(conn: SyncConnectable, *, write: bool = False) -> Iterator[sa.Connect
     elif isinstance(conn, (sa.Connection, Session)):
         yield conn
     else:
-        raise TypeError(f"expected a SQLAlchemy Connection, Session or Engine, got {conn!r}")
+        raise ArgumentTypeError(
+            f"expected a SQLAlchemy Connection, Session or Engine, got {conn!r}"
+        )
 
 
 def _rows(

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from ..errors import (
+    ArgumentError,
+    ArgumentTypeError,
     JobCancelled,
     JobFailed,
     JobNotFound,
@@ -248,13 +250,13 @@ def list_statement(
     state: JobState | str | Iterable[JobState | str] | None, limit: int
 ) -> tuple[sa.TextClause, dict[str, Any]]:
     if limit < 1:
-        raise ValueError(f"limit must be at least 1 (got {limit})")
+        raise ArgumentError(f"limit must be at least 1 (got {limit})")
     if state is None:
         return LIST_ALL, {"limit": limit}
     states = [state] if isinstance(state, (str, JobState)) else state
     values = sorted({JobState(s).value for s in states})
     if not values:
-        raise ValueError("state must name at least one state")
+        raise ArgumentError("state must name at least one state")
     return LIST_STATES, {"states": values, "limit": limit}
 
 
@@ -311,7 +313,7 @@ class _Backoff:
 
     def __init__(self, cap: float) -> None:
         if cap <= 0:
-            raise ValueError(f"poll_max must be positive (got {cap})")
+            raise ArgumentError(f"poll_max must be positive (got {cap})")
         self.cap = cap
         self.next = min(0.01, cap)
 
@@ -356,5 +358,5 @@ def rows_of(job: Job) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise TypeError(f"pgdispatch job {job.id} has a non-list result {value!r}")
+        raise ArgumentTypeError(f"pgdispatch job {job.id} has a non-list result {value!r}")
     return [dict(r) if isinstance(r, dict) else {"value": r} for r in value]

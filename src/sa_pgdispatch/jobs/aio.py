@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from ..errors import JobNotFinished, JobNotFound, JobTimeout
+from ..errors import ArgumentTypeError, JobNotFinished, JobNotFound, JobTimeout
 from . import _model as m
 from ._model import Job, JobState, JobStats
 
@@ -58,7 +58,7 @@ async def _using(
     elif isinstance(conn, (AsyncConnection, AsyncSession)):
         yield conn
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"expected a SQLAlchemy AsyncConnection, AsyncSession or AsyncEngine, got {conn!r}"
         )
 

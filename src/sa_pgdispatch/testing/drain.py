@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from ..errors import DrainError, NotInstalled
+from ..errors import ArgumentError, ArgumentTypeError, DrainError, NotInstalled
 
 if TYPE_CHECKING:  # sqlalchemy.ext.asyncio needs greenlet: imported when used
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -74,7 +74,7 @@ _FINISHED = (
 
 def _check_max_jobs(max_jobs: int | None) -> None:
     if max_jobs is not None and max_jobs < 1:
-        raise ValueError(f"max_jobs must be at least 1 (got {max_jobs})")
+        raise ArgumentError(f"max_jobs must be at least 1 (got {max_jobs})")
 
 
 def _translate(exc: psycopg.Error) -> Exception:
@@ -289,7 +289,7 @@ def drain(conn_or_engine: DrainTarget, *, max_jobs: int | None = None) -> int:
         return _drain_raw(raw, max_jobs)
     if isinstance(conn_or_engine, psycopg.Connection):
         return _drain_raw(conn_or_engine, max_jobs)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"expected an Engine, a Connection or a psycopg Connection, got {conn_or_engine!r}"
     )
 
@@ -343,7 +343,7 @@ async def drain_async(conn_or_engine: AsyncDrainTarget, *, max_jobs: int | None 
         return await _drain_raw_async(raw, max_jobs)
     if isinstance(conn_or_engine, psycopg.AsyncConnection):
         return await _drain_raw_async(conn_or_engine, max_jobs)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"expected an AsyncEngine, an AsyncConnection or a psycopg AsyncConnection, "
         f"got {conn_or_engine!r}"
     )

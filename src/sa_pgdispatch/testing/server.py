@@ -38,6 +38,8 @@ from sa_pgdispatch.testing.binaries import (
 )
 from sa_pgdispatch.testing.errors import HarnessError
 
+from ..errors import ArgumentError
+
 __all__ = [
     "CRON_MODES",
     "ENV_CRON_MODE",
@@ -504,7 +506,9 @@ class EphemeralPostgres(ConninfoMixin):
         superuser: str = _SUPERUSER,
     ) -> None:
         if settings and ("port" in settings or "unix_socket_directories" in settings):
-            raise ValueError("pass port=... instead of settings['port']; the socket dir is fixed")
+            raise ArgumentError(
+                "pass port=... instead of settings['port']; the socket dir is fixed"
+            )
         self._cron_mode = resolve_cron_mode(cron_mode)
         self._installed_pg_cron: str | None = None
         self._has_pg_tle: bool | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ..errors import DispatchTriggerError, PgDispatchError
+from ..errors import ArgumentError, DispatchTriggerError, PgDispatchError
 
 MAX_IDENTIFIER_BYTES = 63
 
@@ -310,7 +310,7 @@ def when_from_triggerdef(definition: str) -> str | None:
                         depth -= 1
                         if depth == 0:
                             return definition[end:start2]
-                raise ValueError(f"unbalanced WHEN clause in {definition!r}")
+                raise ArgumentError(f"unbalanced WHEN clause in {definition!r}")
             words.append("(")
         elif kind not in ("space", "comment"):
             words.append(definition[start:end])

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.schema import Table
 from sqlalchemy.sql.expression import TableClause
 
+from ..errors import UnexpectedStateError
 from ..statements import RENDER_DIALECT
 from ._sql import standardise_strings, when_from_triggerdef
 from .spec import DispatchSpec
@@ -88,7 +89,7 @@ def normalise_when(
         savepoint.rollback()
     normalised = when_from_triggerdef(str(definition))
     if normalised is None:  # pragma: no cover - the trigger has a WHEN clause
-        raise RuntimeError(f"no WHEN clause in {definition!r}")
+        raise UnexpectedStateError(f"no WHEN clause in {definition!r}")
     return standardise_strings(
         normalised, standard_conforming_strings=standard_conforming_strings(conn)
     )
