@@ -98,6 +98,19 @@ def database(pgdispatch_server: Any, pgdispatch_engine: Engine) -> Iterator[Any]
             c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
+def _difference(part: str, fresh: list[tuple[Any, ...]], upgraded: list[tuple[Any, ...]]) -> str:
+    """The rows of one catalog part that differ, one a line, readable in a failed assert."""
+    lines = [f"{part} differ between fresh and upgraded installs"]
+    only_fresh = [r for r in fresh if r not in upgraded]
+    only_upgraded = [r for r in upgraded if r not in fresh]
+    lines += [f"  only fresh:    {r!r}" for r in only_fresh]
+    lines += [f"  only upgraded: {r!r}" for r in only_upgraded]
+    if not only_fresh and not only_upgraded:
+        lines.append("  same rows, other order or count:")
+        lines += [f"  fresh {f!r}\n  upgr. {u!r}" for f, u in zip(fresh, upgraded) if f != u]
+    return "\n".join(lines)
+
+
 def test_fresh_latest_equals_oldest_upgraded_step_by_step(database: Any) -> None:
     versions = available_versions()
     fresh, upgraded = database(), database()
@@ -113,4 +126,4 @@ def test_fresh_latest_equals_oldest_upgraded_step_by_step(database: Any) -> None
     assert got["meta"] == expected["meta"]
     assert ("version", latest_version()) in got["meta"]
     for part in CATALOG:
-        assert got[part] == expected[part], f"{part} differ between fresh and upgraded installs"
+        assert got[part] == expected[part], _difference(part, expected[part], got[part])
