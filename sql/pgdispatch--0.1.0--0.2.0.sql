@@ -92,9 +92,25 @@ ALTER TABLE pgdispatch.worker
   DROP CONSTRAINT worker_pkey,
   ALTER COLUMN role_id SET DEFAULT to_regrole(quote_ident(current_user)),
   ALTER COLUMN role_id SET NOT NULL,
-  ADD PRIMARY KEY (role_id),
-  ADD CONSTRAINT worker_role_is_current_user
-    CHECK (role_id = to_regrole(quote_ident(current_user))) NOT VALID;
+  ADD PRIMARY KEY (role_id);
+-- A worker row is its role's own: roles with pgdispatch's usage may not write role_id
+-- (column privileges, as for the queue). A CHECK constraint would bind a superuser who
+-- restores a dump too, and it is checked before an extension's rows are loaded.
+DO $worker_grants$
+DECLARE
+  g record;
+BEGIN
+  FOR g IN SELECT DISTINCT a.grantee::regrole AS grantee FROM pg_class c, aclexplode(c.relacl) a
+            WHERE c.oid = 'pgdispatch.worker'::regclass
+              AND a.privilege_type IN ('INSERT', 'UPDATE')
+              AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP
+    EXECUTE format('REVOKE INSERT, UPDATE ON pgdispatch.worker FROM %s', g.grantee);
+    EXECUTE format('GRANT INSERT (workers, enabled, schedule, updated_at), '
+                   'UPDATE (role, workers, enabled, schedule, updated_at) '
+                   'ON pgdispatch.worker TO %s', g.grantee);
+  END LOOP;
+END
+$worker_grants$;
 DROP INDEX pgdispatch.job_claim;
 CREATE INDEX job_claim ON pgdispatch.job (role_id, priority DESC, run_at, id);
 DROP INDEX pgdispatch.job_key_queued;
@@ -360,7 +376,8 @@ BEGIN
       USING ERRCODE = 'string_data_right_truncation',
             HINT = 'Use a digest of a longer key, e.g. job_key => md5(<key>).';
   END IF;
-  IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
+  IF current_setting('pgdispatch.worker_checked', true)
+     IS DISTINCT FROM current_user || ':' || 'pgdispatch'::regnamespace::oid THEN
     PERFORM pgdispatch._ensure_worker();
   END IF;
 
@@ -960,7 +977,8 @@ BEGIN
                     'max_attempts at least 1, timeout positive)', TG_NAME
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
+  IF current_setting('pgdispatch.worker_checked', true)
+     IS DISTINCT FROM current_user || ':' || 'pgdispatch'::regnamespace::oid THEN
     PERFORM pgdispatch._ensure_worker();
   END IF;
 
@@ -1569,7 +1587,7 @@ BEGIN
                           'superuser runs DELETE FROM cron.job WHERE username = %L AND jobname '
                           'LIKE ''pgdispatch:%%''. See docs/operations.md#role-lifecycle.', former);
   END IF;
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
 END
 $$;
 
@@ -1595,7 +1613,7 @@ BEGIN
   LOOP
     PERFORM cron.unschedule(jid);
   END LOOP;
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
 END
 $$;
 
@@ -1689,7 +1707,7 @@ BEGIN
   ON CONFLICT (role_id) DO UPDATE SET role = excluded.role, workers = excluded.workers,
                                       enabled = true, schedule = NULL,
                                       updated_at = clock_timestamp();
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
   names := ARRAY(SELECT pgdispatch._remote_job_name(s::text) FROM generate_series(1, n) s)
            || pgdispatch._remote_job_name('watchdog');
   FOR slot IN 1..n LOOP
@@ -1744,7 +1762,7 @@ BEGIN
     END IF;
     PERFORM pgdispatch.start();
   END IF;
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
 END
 $$;
 
@@ -1772,7 +1790,9 @@ BEGIN
                  role_name);
   EXECUTE format('GRANT SELECT, INSERT, DELETE ON pgdispatch.job_history, '
                  'pgdispatch.cancel_request TO %I', role_name);
-  EXECUTE format('GRANT SELECT, INSERT, UPDATE ON pgdispatch.worker TO %I', role_name);
+  EXECUTE format('GRANT SELECT, INSERT (workers, enabled, schedule, updated_at), '
+                 'UPDATE (role, workers, enabled, schedule, updated_at) '
+                 'ON pgdispatch.worker TO %I', role_name);
   EXECUTE format('GRANT SELECT, INSERT ON pgdispatch.definer_function TO %I', role_name);
   EXECUTE format('GRANT SELECT ON pgdispatch.settings, pgdispatch.jobs, pgdispatch.meta TO %I', role_name);
   EXECUTE format('GRANT USAGE ON SEQUENCE pgdispatch.job_id_seq TO %I', role_name);

@@ -178,10 +178,9 @@ CREATE TABLE pgdispatch.worker (
   updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
   role_id    regrole     PRIMARY KEY DEFAULT to_regrole(quote_ident(current_user))
 );
--- A worker row is its role's own (NOT VALID so that pg_dump/restore of the rows works).
-ALTER TABLE pgdispatch.worker
-  ADD CONSTRAINT worker_role_is_current_user
-    CHECK (role_id = to_regrole(quote_ident(current_user))) NOT VALID;
+-- A worker row is its role's own: roles with pgdispatch's usage may not write role_id
+-- (column privileges, granted by grant_usage(), as for the queue). A CHECK constraint
+-- would bind a superuser who restores a dump too.
 
 -- SECURITY DEFINER copies of pgdispatch.trigger() made by definer_trigger_function().
 CREATE TABLE pgdispatch.definer_function (
@@ -550,7 +549,7 @@ BEGIN
     END IF;
     PERFORM pgdispatch.start();
   END IF;
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
 END
 $$;
 
@@ -606,7 +605,8 @@ BEGIN
       USING ERRCODE = 'string_data_right_truncation',
             HINT = 'Use a digest of a longer key, e.g. job_key => md5(<key>).';
   END IF;
-  IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
+  IF current_setting('pgdispatch.worker_checked', true)
+     IS DISTINCT FROM current_user || ':' || 'pgdispatch'::regnamespace::oid THEN
     PERFORM pgdispatch._ensure_worker();
   END IF;
 
@@ -958,7 +958,7 @@ BEGIN
   ON CONFLICT (role_id) DO UPDATE SET role = excluded.role, workers = excluded.workers,
                                       enabled = true, schedule = NULL,
                                       updated_at = clock_timestamp();
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
   names := ARRAY(SELECT pgdispatch._remote_job_name(s::text) FROM generate_series(1, n) s)
            || pgdispatch._remote_job_name('watchdog');
   FOR slot IN 1..n LOOP
@@ -1057,7 +1057,7 @@ BEGIN
                           'superuser runs DELETE FROM cron.job WHERE username = %L AND jobname '
                           'LIKE ''pgdispatch:%%''. See docs/operations.md#role-lifecycle.', former);
   END IF;
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
 END
 $$;
 
@@ -1083,7 +1083,7 @@ BEGIN
   LOOP
     PERFORM cron.unschedule(jid);
   END LOOP;
-  PERFORM set_config('pgdispatch.worker_checked', current_user, false);
+  PERFORM set_config('pgdispatch.worker_checked', current_user || ':' || 'pgdispatch'::regnamespace::oid, false);
 END
 $$;
 
@@ -1836,7 +1836,8 @@ BEGIN
                     'max_attempts at least 1, timeout positive)', TG_NAME
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF current_setting('pgdispatch.worker_checked', true) IS DISTINCT FROM current_user::text THEN
+  IF current_setting('pgdispatch.worker_checked', true)
+     IS DISTINCT FROM current_user || ':' || 'pgdispatch'::regnamespace::oid THEN
     PERFORM pgdispatch._ensure_worker();
   END IF;
 
@@ -1940,7 +1941,9 @@ BEGIN
                  role_name);
   EXECUTE format('GRANT SELECT, INSERT, DELETE ON pgdispatch.job_history, '
                  'pgdispatch.cancel_request TO %I', role_name);
-  EXECUTE format('GRANT SELECT, INSERT, UPDATE ON pgdispatch.worker TO %I', role_name);
+  EXECUTE format('GRANT SELECT, INSERT (workers, enabled, schedule, updated_at), '
+                 'UPDATE (role, workers, enabled, schedule, updated_at) '
+                 'ON pgdispatch.worker TO %I', role_name);
   EXECUTE format('GRANT SELECT, INSERT ON pgdispatch.definer_function TO %I', role_name);
   EXECUTE format('GRANT SELECT ON pgdispatch.settings, pgdispatch.jobs, pgdispatch.meta TO %I', role_name);
   EXECUTE format('GRANT USAGE ON SEQUENCE pgdispatch.job_id_seq TO %I', role_name);

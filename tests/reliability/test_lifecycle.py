@@ -234,3 +234,24 @@ def test_uninstall_stops_live_worker_sessions(rel: Any, fresh: Any) -> None:
         assert rel.count(
             su, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL pgdispatch.work%'"
         ) == 0
+
+
+def test_a_session_that_dispatched_before_a_reinstall_starts_workers_again(
+    rel: Any, fresh: Any
+) -> None:
+    """A session remembers that its role has workers; after uninstall and reinstall that
+    memory is stale, and its next dispatch must start the new install's workers."""
+    with rel.connect(fresh) as su:
+        install(su, workers=None)
+        su.execute("SELECT pgdispatch.fire('SELECT 1')")  # starts the role's workers
+        assert rel.count(su, "SELECT count(*) FROM pgdispatch.worker WHERE enabled") == 1
+        assert uninstall(su, force=True) is True
+        install(su, workers=None)
+        assert rel.count(su, "SELECT count(*) FROM pgdispatch.worker") == 0
+        su.execute("SELECT pgdispatch.fire('SELECT 1')")
+        assert rel.count(su, "SELECT count(*) FROM pgdispatch.worker WHERE enabled") == 1
+        jobs = su.execute(
+            "SELECT jobname FROM cron.job WHERE username = current_user"
+            " AND jobname LIKE 'pgdispatch:%'"
+        ).fetchall()
+        assert len(jobs) == 2, jobs  # a worker and the watchdog
