@@ -107,7 +107,8 @@ def _difference(part: str, fresh: list[tuple[Any, ...]], upgraded: list[tuple[An
     lines += [f"  only upgraded: {r!r}" for r in only_upgraded]
     if not only_fresh and not only_upgraded:
         lines.append("  same rows, other order or count:")
-        lines += [f"  fresh {f!r}\n  upgr. {u!r}" for f, u in zip(fresh, upgraded) if f != u]
+        pairs = zip(fresh, upgraded, strict=False)
+        lines += [f"  fresh {f!r}\n  upgr. {u!r}" for f, u in pairs if f != u]
     return "\n".join(lines)
 
 
