@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from .errors import ArgumentTypeError, PgDispatchError
 
-__all__ = ["Connectable", "raw_connection"]
+__all__ = ["Connectable", "error_message", "raw_connection"]
 
 Connectable: TypeAlias = "sa.Connection | sa.Engine | psycopg.Connection[Any]"
 
@@ -50,3 +50,10 @@ def raw_connection(
     raise ArgumentTypeError(
         f"expected a SQLAlchemy Connection/Engine or a psycopg Connection, got {conn!r}"
     )
+
+
+def error_message(exc: psycopg.Error) -> str:
+    """A server error's primary message, with its hint in parentheses when it has one."""
+    diag = exc.diag
+    text = diag.message_primary or str(exc)
+    return f"{text} ({diag.message_hint})" if diag.message_hint else text

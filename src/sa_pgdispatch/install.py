@@ -32,7 +32,7 @@ from typing import Any, Literal, get_args
 import psycopg
 from psycopg import sql as pgsql
 
-from ._connections import Connectable, raw_connection
+from ._connections import Connectable, error_message, raw_connection
 from ._resources import sql_dir
 from .errors import InstallError
 from .workers import cron_statements, run_in_cron_database, unschedule_for_uninstall
@@ -524,7 +524,7 @@ def _run_tle(raw: psycopg.Connection[Any], script: str) -> None:
     except psycopg.errors.ObjectNotInPrerequisiteState as exc:
         # "control file already exists for the pgdispatch extension"
         raise InstallError(
-            f"pg_tle refused to register pgdispatch: {_message(exc)}. A native extension's "
+            f"pg_tle refused to register pgdispatch: {error_message(exc)}. A native extension's "
             "files for pgdispatch are in this server's extension directory, and pg_tle does "
             "not register an extension of the same name: install via='extension'"
         ) from exc
@@ -622,9 +622,9 @@ def uninstall(conn: Connectable, *, force: bool = False, cron_url: str | None = 
         try:
             _run(raw, f"SELECT pgdispatch.prepare_uninstall(force => {str(force).lower()});")
         except psycopg.errors.ObjectInUse as exc:
-            raise InstallError(_message(exc)) from exc
+            raise InstallError(error_message(exc)) from exc
         except psycopg.errors.DependentObjectsStillExist as exc:
-            raise InstallError(_message(exc)) from exc
+            raise InstallError(error_message(exc)) from exc
         if cron_db is not None and cron_url is not None:
             unschedule_for_uninstall(raw, cron_url)
         if name is None:
@@ -646,7 +646,3 @@ def _scheduled_workers(raw: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def _message(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    text = diag.message_primary or str(exc)
-    return f"{text} ({diag.message_hint})" if diag.message_hint else text

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from ._connections import Connectable, raw_connection
+from ._connections import Connectable, error_message, raw_connection
 from .errors import WorkerError
 
 __all__ = [
@@ -63,12 +63,6 @@ def libpq_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _message(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    text = diag.message_primary or str(exc)
-    return f"{text} ({diag.message_hint})" if diag.message_hint else text
-
-
 def _scalar(raw: psycopg.Connection[Any], sql: str, params: Sequence[object] = ()) -> Any:
     with raw.cursor() as cur:
         cur.execute(sql, params)
@@ -88,7 +82,7 @@ def cron_statements(
         try:
             cur.execute("SELECT * FROM pgdispatch.cron_statements(%s, %s)", (action, workers))
         except psycopg.Error as exc:
-            raise WorkerError(_message(exc)) from exc
+            raise WorkerError(error_message(exc)) from exc
         return [str(row[0]) for row in cur.fetchall()]
 
 
@@ -122,13 +116,13 @@ def run_in_cron_database(
                     cur.execute(statement.encode())
         except psycopg.errors.InsufficientPrivilege as exc:
             raise WorkerError(
-                f"{_message(exc)}: {role} may not schedule pg_cron jobs in database {app_db}. "
+                f"{error_message(exc)}: {role} may not schedule pg_cron jobs in database {app_db}. "
                 f"An administrator grants it once, in pg_cron's database: GRANT USAGE ON SCHEMA "
                 f"cron TO {role}; GRANT EXECUTE ON FUNCTION {_SCHEDULE_IN_DATABASE} TO {role}; "
                 f"and {role} needs CONNECT on database {app_db}"
             ) from exc
         except psycopg.Error as exc:
-            raise WorkerError(f"in pg_cron's database: {_message(exc)}") from exc
+            raise WorkerError(f"in pg_cron's database: {error_message(exc)}") from exc
 
 
 def start_workers(
@@ -146,7 +140,7 @@ def start_workers(
                 with raw.cursor() as cur:
                     cur.execute("SELECT pgdispatch.start(%s)", (workers,))
             except psycopg.Error as exc:
-                raise WorkerError(_message(exc)) from exc
+                raise WorkerError(error_message(exc)) from exc
             return
         statements = cron_statements(raw, "start", workers)
         run_in_cron_database(raw, cron_url, statements)
@@ -161,7 +155,7 @@ def stop_workers(conn: Connectable, *, cron_url: str | None = None) -> None:
                 with raw.cursor() as cur:
                     cur.execute("SELECT pgdispatch.stop()")
             except psycopg.Error as exc:
-                raise WorkerError(_message(exc)) from exc
+                raise WorkerError(error_message(exc)) from exc
             return
         statements = cron_statements(raw, "stop")
         run_in_cron_database(raw, cron_url, statements)
