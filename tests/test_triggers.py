@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -14,6 +15,7 @@ from sa_pgdispatch.errors import PgDispatchError
 from sa_pgdispatch.triggers import (
     CreateDefinerTriggerFunction,
     CreateDispatchTrigger,
+    DispatchSpec,
     DispatchTrigger,
     DispatchTriggerError,
     DispatchTriggerInfo,
@@ -454,21 +456,23 @@ def test_info_without_connection():
         name="t",
         table_name="profiles",
         schema="app",
-        function="app.fn",
-        events=("insert", "update"),
-        for_each="row",
-        columns=("status",),
-        when="NEW.id > 0",
-        priority="-1",
+        spec=DispatchSpec(
+            "app.fn", on=("insert", "update"), for_each="row", columns=("status",),
+            when="NEW.id > 0", priority=-1,
+        ),
     )
-    other = DispatchTriggerInfo(**{**info.__dict__, "priority": "2"})
+    assert info.values()["priority"] == "-1"
+    assert info.spec is not None
+    other = dataclasses.replace(info, spec=info.spec.replace(priority=2))
     assert info.diff(other) == {"priority": ("-1", "2")}
     back = info.to_trigger()
     assert back.info_for(table("profiles", schema="app")) == info
 
 
 def test_to_trigger_refuses_what_it_cannot_express():
-    info = DispatchTriggerInfo("t", "tbl", "s", "s.fn", ("insert",), timing="before")
+    info = DispatchTriggerInfo(
+        "t", "tbl", "s", DispatchSpec("s.fn", on=("insert",)), timing="before"
+    )
     with pytest.raises(DispatchTriggerError, match="cannot be expressed"):
         info.to_trigger()
 

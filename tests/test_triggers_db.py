@@ -34,6 +34,7 @@ from sa_pgdispatch.errors import PgDispatchError
 from sa_pgdispatch.testing import drain
 from sa_pgdispatch.triggers import (
     CreateDispatchTrigger,
+    DispatchSpec,
     DispatchTrigger,
     DispatchTriggerError,
     DispatchTriggerInfo,
@@ -449,15 +450,18 @@ def test_reflection_reads_triggers_made_by_hand(pgdispatch_db: Engine, app: str)
         name="hand_t",
         table_name="hand",
         schema=app,
-        function=f"{app}.record",
-        events=("insert", "update"),
-        for_each="row",
-        columns=("v",),
-        when="(new.v IS NOT NULL)",
-        priority="10",
-        timeout="00:00:30",
+        spec=DispatchSpec(
+            f"{app}.record",
+            on=("insert", "update"),
+            for_each="row",
+            columns=("v",),
+            when="(new.v IS NOT NULL)",
+            priority=10,
+            timeout="00:00:30",
+        ),
         unknown_options=("foo=bar",),
     )
+    assert info.priority == "10"
     with pytest.raises(DispatchTriggerError, match="cannot be expressed"):
         info.to_trigger()
 

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from sa_pgdispatch.alembic import (
     CreateDispatchTriggerOp,
+    DispatchTriggerOpError,
     DropDispatchTriggerOp,
     InstallPgdispatchOp,
     ReplaceDispatchTriggerOp,
@@ -30,6 +31,7 @@ from sa_pgdispatch.alembic import (
 from sa_pgdispatch.triggers import (
     DispatchTrigger,
     IntervalOptionError,
+    InvalidSpec,
     reflect_dispatch_triggers,
 )
 
@@ -291,8 +293,8 @@ def test_a_trigger_with_a_bad_interval_made_by_hand_is_replaced(
     _profiles(declared, schema, _trigger(delay="5 seconds"))
     (replace,) = _diff(conn, declared, schema)
     assert isinstance(replace, ReplaceDispatchTriggerOp)
-    assert replace.existing is not None
-    assert replace.existing.delay == "-00:00:05"
+    assert isinstance(replace.existing, InvalidSpec)
+    assert replace.existing.arguments()["delay"] == "-00:00:05"
     lines = render_python_code(ops.UpgradeOps(ops=[replace])).splitlines()
     rendered = textwrap.dedent("\n".join(ln for ln in lines if not ln.strip().startswith("#")))
     recorded: list[Any] = []
@@ -308,3 +310,55 @@ def test_a_trigger_with_a_bad_interval_made_by_hand_is_replaced(
     [info] = reflect_dispatch_triggers(conn, schema=schema)
     assert info.delay == "00:00:05"
     assert _diff(conn, declared, schema) == []
+
+
+def test_an_undeclared_trigger_with_a_bad_interval_is_dropped_with_its_definition(
+    conn: sa.Connection, schema: str
+) -> None:
+    """Its definition goes into the drop as it is, and into the downgrade's create (which
+    refuses it when it runs): autogenerate does not fail on it."""
+    _profiles(sa.MetaData(), schema).create(conn)
+    conn.exec_driver_sql(
+        f'CREATE TRIGGER notify AFTER INSERT ON "{schema}".profiles FOR EACH ROW '
+        f"EXECUTE FUNCTION pgdispatch.trigger('{schema}.effect', 'delay=-5 seconds')"
+    )
+    [info] = reflect_dispatch_triggers(conn, schema=schema)
+    assert isinstance(info.invalid, InvalidSpec)
+    bare = sa.MetaData()
+    _profiles(bare, schema)
+    context = MigrationContext.configure(
+        connection=conn,
+        opts={"include_schemas": True,
+              "include_name": lambda name, type_, parents: (
+                  name == schema if type_ == "schema" else True)},
+    )
+    script = produce_migrations(context, bare)
+    assert script.upgrade_ops is not None
+    assert script.downgrade_ops is not None
+    (drop,) = script.upgrade_ops.ops
+    assert isinstance(drop, DropDispatchTriggerOp)
+    assert drop.definition == info.invalid
+    (create,) = script.downgrade_ops.ops
+    assert isinstance(create, CreateDispatchTriggerOp)
+    assert "delay='-00:00:05'" in render_python_code(script.downgrade_ops)
+    _run(conn, drop)
+    assert reflect_dispatch_triggers(conn, schema=schema) == []
+    with pytest.raises(IntervalOptionError, match="negative"):
+        create.definition.to_spec()
+
+
+def test_a_trigger_no_spec_can_express_is_left_alone_unless_declared(
+    conn: sa.Connection, schema: str
+) -> None:
+    _profiles(sa.MetaData(), schema).create(conn)
+    conn.exec_driver_sql(
+        f'CREATE TRIGGER notify AFTER INSERT ON "{schema}".profiles FOR EACH ROW '
+        f"EXECUTE FUNCTION pgdispatch.trigger('{schema}.effect', 'priority=high')"
+    )
+    bare = sa.MetaData()
+    _profiles(bare, schema)
+    assert _diff(conn, bare, schema) == []
+    declared = sa.MetaData()
+    _profiles(declared, schema, _trigger(on="insert"))
+    with pytest.raises(DispatchTriggerOpError, match="drop it by hand"):
+        _diff(conn, declared, schema)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import render_python_code
@@ -43,7 +44,12 @@ from sa_pgdispatch.install import (
     uninstall_sql,
     upgrade_sql,
 )
-from sa_pgdispatch.triggers import DispatchTriggerError, DispatchTriggerInfo, IntervalOptionError
+from sa_pgdispatch.triggers import (
+    DispatchSpec,
+    DispatchTriggerError,
+    DispatchTriggerInfo,
+    IntervalOptionError,
+)
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 
@@ -54,8 +60,8 @@ def _no_cron_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SA_PGDISPATCH_CRON_URL", raising=False)
 
 
-def _definition(**kw: object) -> TriggerDefinition:
-    return TriggerDefinition.build("t", "app.fn", **kw)  # type: ignore[arg-type]
+def _definition(**kw: Any) -> DispatchSpec:
+    return DispatchSpec("app.fn", trigger_name="t", **kw)
 
 
 def _offline(**opts: object) -> tuple[Operations, io.StringIO]:
@@ -142,11 +148,9 @@ def test_truncate_definitions_are_statement_level_and_round_trip_through_info() 
         name="t",
         table_name="tbl",
         schema="app",
-        function="app.fn",
-        events=("truncate",),
-        for_each="statement",
+        spec=DispatchSpec("app.fn", on=("truncate",), for_each="statement"),
     )
-    assert TriggerDefinition.from_info(info) == definition
+    assert DropDispatchTriggerOp.from_info(info, schema=None).definition == definition
 
 
 def test_definitions_are_validated_like_dispatch_triggers() -> None:
@@ -157,9 +161,15 @@ def test_definitions_are_validated_like_dispatch_triggers() -> None:
     with pytest.raises(DispatchTriggerError):
         _definition(when="NEW.a); DROP TABLE x; --")
     with pytest.raises(DispatchTriggerOpError, match="unknown definition"):
-        TriggerDefinition.from_mapping("t", {"function": "app.fn", "colour": "red"})
+        DropDispatchTriggerOp.from_definition("t", "tbl", function="app.fn", colour="red")
     with pytest.raises(DispatchTriggerOpError, match="function="):
-        TriggerDefinition.from_mapping("t", {"on": ("insert",)})
+        DropDispatchTriggerOp.from_definition("t", "tbl", on=("insert",))
+
+
+def test_trigger_definition_is_the_spec() -> None:
+    """``TriggerDefinition`` (sa_pgdispatch.alembic's name for what an operation carries)
+    still imports, and is the one spec type."""
+    assert TriggerDefinition is DispatchSpec
 
 
 # ----------------------------------------------------------------------------- rendering

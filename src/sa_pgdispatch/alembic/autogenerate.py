@@ -24,11 +24,21 @@ Rules:
   table, then the trigger); otherwise the table is not managed here and neither are its
   triggers.
 * Operations come after Alembic's own (tables are created before their triggers).
+* A reflected trigger whose definition the spec refuses (its record holds an
+  :class:`~sa_pgdispatch.triggers.InvalidSpec`): when the fault is a delay or timeout,
+  it is replaced or dropped like any other (a warning is logged), ``include_object``
+  sees it without that option, and the operations carry its definition as it is (their
+  reverse, the downgrade, writes it back; running that refuses it). Any other refusal,
+  another timing or unknown options: left alone (warning logged), and a declared
+  namesake raises :class:`DispatchTriggerOpError` (drop it by hand).
+* Declared triggers and reflected ones compare as records (name, table, spec, and what
+  reflection adds), normalised through the server (:func:`definitions_equal`); the
+  renderers write an operation's spec back as the keywords whose value is not the
+  default.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -42,9 +52,11 @@ from sqlalchemy import exc as sa_exc
 from ..install import installed_version
 from ..triggers import (
     INFO_KEY,
+    DispatchSpec,
     DispatchTrigger,
+    DispatchTriggerError,
     DispatchTriggerInfo,
-    IntervalOptionError,
+    InvalidSpec,
     definitions_equal,
     dispatch_triggers,
     reflect_dispatch_triggers,
@@ -55,7 +67,6 @@ from .ops import (
     DropDispatchTriggerOp,
     InstallPgdispatchOp,
     ReplaceDispatchTriggerOp,
-    TriggerDefinition,
     UninstallPgdispatchOp,
     UpgradePgdispatchOp,
 )
@@ -135,22 +146,23 @@ def _reflected(
 
 def _detached(info: DispatchTriggerInfo) -> DispatchTrigger | None:
     """A DispatchTrigger for a reflected trigger (for include_object), or None when the
-    trigger is not one a DispatchTrigger can express."""
+    trigger is not one a DispatchTrigger can express: it is left alone.
+
+    A reflected :class:`~sa_pgdispatch.triggers.InvalidSpec` whose fault is a delay or
+    timeout (made before intervals were checked: every statement firing it fails) is
+    still the trigger a declared one replaces, or a drop removes: include_object sees it
+    without that option, and the operations carry its definition as it is. Any other
+    invalid definition, another timing or unknown options: None."""
+    definition: DispatchSpec | InvalidSpec = info.definition
     try:
-        for _ in range(2):  # delay, timeout
-            try:
-                return info.to_trigger()
-            except IntervalOptionError as exc:
-                # made before intervals were checked: every statement firing it fails.
-                # It is still the trigger a declared one replaces (or a drop removes);
-                # include_object sees it without that option.
-                log.warning("sa_pgdispatch: trigger %s on %s: %s", info.name, info.table_name, exc)
-                if exc.option == "delay":
-                    info = dataclasses.replace(info, delay=None)
-                else:
-                    info = dataclasses.replace(info, timeout=None)
-        return info.to_trigger()
-    except (DispatchTriggerOpError, sa_exc.ArgumentError) as exc:
+        if info.timing != "after" or info.unknown_options:
+            info.to_spec()  # raises: cannot be expressed
+        while isinstance(definition, InvalidSpec) and definition.option is not None:
+            log.warning("sa_pgdispatch: trigger %s on %s: %s",
+                        info.name, info.table_name, definition.error)
+            definition = definition.without(definition.option)
+        return DispatchTrigger.from_spec(info.name, definition.to_spec(info.name))
+    except DispatchTriggerError as exc:
         log.warning("sa_pgdispatch: leaving trigger %s on %s alone: %s",
                     info.name, info.table_name, exc)
         return None
@@ -227,9 +239,10 @@ def compare_dispatch_triggers(
             ReplaceDispatchTriggerOp(
                 trigger.name,
                 table.name,
-                TriggerDefinition.from_trigger(trigger, table),
+                trigger.spec_for(table),
                 schema=schema,
-                existing=TriggerDefinition.from_info(info),
+                existing=info.definition,
+                invalid_reverse="carry",  # the downgrade writes an invalid one as it is
             )
         )
 
@@ -346,14 +359,19 @@ def _render_upgrade(autogen_context: AutogenContext, op: UpgradePgdispatchOp) ->
     return _call(autogen_context, "upgrade_pgdispatch", args, kwargs)
 
 
+# The trigger operations render from the spec they carry: ``function`` and the keywords
+# whose value is not the default (``DispatchSpec.non_default_arguments``; an InvalidSpec
+# renders its arguments the same way).
+
+
 @renderers.dispatch_for(CreateDispatchTriggerOp)
 def _render_create(autogen_context: AutogenContext, op: CreateDispatchTriggerOp) -> str:
-    d = op.definition
+    spec = op.definition
     return _call(
         autogen_context,
         "create_dispatch_trigger",
-        [op.trigger_name, op.table_name, d.function],
-        {**_schema_kw(op.schema), **d.non_default_kwargs()},
+        [op.trigger_name, op.table_name, spec.function],
+        {**_schema_kw(op.schema), **spec.non_default_arguments()},
     )
 
 
@@ -361,17 +379,19 @@ def _render_create(autogen_context: AutogenContext, op: CreateDispatchTriggerOp)
 def _render_drop(autogen_context: AutogenContext, op: DropDispatchTriggerOp) -> str:
     kwargs = _schema_kw(op.schema)
     if op.definition is not None:
-        kwargs.update(op.definition.as_mapping())
+        kwargs.update(op.definition.mapping())
     return _call(autogen_context, "drop_dispatch_trigger", [op.trigger_name, op.table_name], kwargs)
 
 
 @renderers.dispatch_for(ReplaceDispatchTriggerOp)
 def _render_replace(autogen_context: AutogenContext, op: ReplaceDispatchTriggerOp) -> str:
-    d = op.definition
-    kwargs: dict[str, Any] = {**_schema_kw(op.schema), **d.non_default_kwargs()}
+    spec = op.definition
+    kwargs: dict[str, Any] = {**_schema_kw(op.schema), **spec.non_default_arguments()}
     if op.existing is not None:
-        kwargs["existing"] = op.existing.as_mapping()
+        kwargs["existing"] = op.existing.mapping()
     return _call(
-        autogen_context, "replace_dispatch_trigger", [op.trigger_name, op.table_name, d.function],
+        autogen_context,
+        "replace_dispatch_trigger",
+        [op.trigger_name, op.table_name, spec.function],
         kwargs,
     )

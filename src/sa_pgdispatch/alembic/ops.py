@@ -18,14 +18,24 @@ Every operation works online and in offline mode (``alembic upgrade --sql``): th
 pgdispatch scripts come from :func:`sa_pgdispatch.install.install_sql` /
 :func:`~sa_pgdispatch.install.uninstall_sql`, the trigger DDL from the constructs of
 :mod:`sa_pgdispatch.triggers`.
+
+The trigger operations carry a :class:`~sa_pgdispatch.triggers.DispatchSpec` (built once
+from the call's keywords, validated there), or an
+:class:`~sa_pgdispatch.triggers.InvalidSpec` for a definition given only so that a drop
+or replace can be reversed that the spec refuses. Their keywords come from the spec's:
+``create_dispatch_trigger`` / ``replace_dispatch_trigger`` take
+``**options: Unpack[DispatchOptions]`` (the TypedDict next to ``DispatchSpec``), so an
+option added to the spec needs no change here. Alembic's ``register_operation`` copies
+each classmethod's argument list into ``Operations.<name>`` (the ``op.<name>`` proxy is
+``*args, **kw`` plus the docstring), which is why the trigger name, table, function and
+``schema`` stay explicit: they are the operation's own, not the spec's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import psycopg
 import sqlalchemy as sa
@@ -37,8 +47,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql.expression import TableClause
 
-from .._interval import IntervalArg
-from ..errors import DispatchTriggerOpError, WorkerError
+from ..errors import DispatchTriggerError, DispatchTriggerOpError, WorkerError
 from ..install import (
     InstallError,
     Via,
@@ -50,14 +59,19 @@ from ..install import (
 )
 from ..install import upgrade_sql as _upgrade_sql
 from ..triggers import (
+    DispatchOptions,
     DispatchSpec,
     DispatchTrigger,
     DispatchTriggerInfo,
     DropDispatchTrigger,
     IntervalOptionError,
+    InvalidSpec,
     check_installed,
     create_dispatch_trigger_ddl,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack: Python 3.11
 
 __all__ = [
     "CRON_URL_ATTRIBUTE",
@@ -110,115 +124,64 @@ class PgdispatchMigrationError(InstallError, CommandError):
 # ---------------------------------------------------------------------------------------
 # trigger definitions
 
+TriggerDefinition = DispatchSpec
+"""What a dispatch trigger operation carries: a :class:`DispatchSpec` (this name is kept
+for the code that imported it; a drop or replace may instead carry an
+:class:`~sa_pgdispatch.triggers.InvalidSpec`, see :data:`Definition`)."""
 
-@dataclasses.dataclass(frozen=True)
-class TriggerDefinition:
-    """What a dispatch trigger does, as a migration writes it: the arguments of a
-    :class:`~sa_pgdispatch.triggers.DispatchSpec` (``when`` as SQL text).
+Definition: TypeAlias = "DispatchSpec | InvalidSpec"
+"""A spec, or the arguments of one that the spec refused: a trigger read from the
+database, or the definition written into a migration, that pgdispatch.trigger() would
+refuse (a drop or replace still runs; re-creating it raises)."""
 
-    Built from a spec (:meth:`build`, :meth:`from_spec`, :meth:`from_trigger`: validated
-    and normalised there), or from a reflected trigger (:meth:`from_info`: what the
-    database holds, which may be what pgdispatch.trigger() refuses - the ``existing`` of a
-    replace, the definition a drop carries); :meth:`to_spec` validates it again.
-    """
+_KEYWORDS = frozenset(DispatchSpec("f").arguments())
 
-    function: str
-    on: tuple[str, ...] = ("insert",)
-    columns: tuple[str, ...] | None = None
-    when: str | None = None
-    for_each: Literal["row", "statement"] = "row"
-    delay: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    timeout: str | None = None
-    security: Literal["invoker", "definer"] = "invoker"
 
-    @classmethod
-    def build(cls, trigger_name: str, function: str, **arguments: Any) -> TriggerDefinition:
-        """Validate the arguments (those of :class:`DispatchSpec`, ``when`` as SQL text)
-        and normalise them."""
-        when = arguments.get("when")
-        if when is not None and not isinstance(when, str):
-            raise DispatchTriggerOpError(
-                f"trigger {trigger_name!r}: in a migration, when is SQL text "
-                f"(e.g. \"NEW.status = 'active'\"), got {when!r}"
-            )
-        return cls.from_spec(DispatchSpec(function, trigger_name=trigger_name, **arguments))
-
-    @classmethod
-    def from_spec(cls, spec: DispatchSpec) -> TriggerDefinition:
-        """The definition of a spec whose ``when`` is SQL text (or None)."""
-        return cls(**spec.arguments())
-
-    @classmethod
-    def from_trigger(
-        cls, trigger: DispatchTrigger, table: sa.Table | TableClause | None = None
-    ) -> TriggerDefinition:
-        """The definition of a declared :class:`DispatchTrigger` (``when`` rendered)."""
-        when = trigger.when_sql(table if table is not None else trigger.table)
-        return cls.from_spec(trigger.spec.replace(when=when, trigger_name=trigger.name))
-
-    @classmethod
-    def from_info(cls, info: DispatchTriggerInfo) -> TriggerDefinition:
-        """The definition of a reflected trigger (:func:`reflect_dispatch_triggers`)."""
-        if info.timing != "after" or info.unknown_options:
-            raise DispatchTriggerOpError(
-                f"trigger {info.name!r} on {info.table_name!r} uses pgdispatch.trigger() in a "
-                "way a DispatchTrigger cannot express (timing "
-                f"{info.timing}, events {info.events}, unknown options {info.unknown_options})"
-            )
-        return cls(
-            function=info.function,
-            on=info.events,
-            columns=info.columns or None,
-            when=info.when,
-            for_each="statement" if info.for_each == "statement" else "row",
-            delay=info.delay,
-            priority=None if info.priority is None else int(info.priority),
-            max_attempts=None if info.max_attempts is None else int(info.max_attempts),
-            timeout=info.timeout,
-            security="definer" if info.security == "definer" else "invoker",
+def _spec(trigger_name: str, function: str, options: DispatchOptions) -> DispatchSpec:
+    """The spec of ``op.create_dispatch_trigger`` / ``op.replace_dispatch_trigger``
+    arguments (``when`` must be SQL text in a migration)."""
+    when = options.get("when")
+    if when is not None and not isinstance(when, str):
+        raise DispatchTriggerOpError(
+            f"trigger {trigger_name!r}: in a migration, when is SQL text "
+            f"(e.g. \"NEW.status = 'active'\"), got {when!r}"
         )
+    return DispatchSpec(function, trigger_name=trigger_name, **options)
 
-    @classmethod
-    def from_mapping(cls, trigger_name: str, values: Mapping[str, Any]) -> TriggerDefinition:
-        """A definition from keyword arguments (``drop_dispatch_trigger(**definition)``,
-        ``existing={...}``); ``function`` is required."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DispatchTriggerOpError(
-                f"trigger {trigger_name!r}: unknown definition argument(s) {', '.join(unknown)} "
-                f"(expected {', '.join(sorted(known))})"
-            )
-        if not values.get("function"):
-            raise DispatchTriggerOpError(
-                f"trigger {trigger_name!r}: the definition needs function='schema.fn'"
-            )
-        return cls.build(trigger_name, **values)
 
-    def kwargs(self) -> dict[str, Any]:
-        """Every field but ``function`` (the ``op.create_dispatch_trigger`` keywords)."""
-        values = dataclasses.asdict(self)
-        del values["function"]
-        return values
+def _definition(trigger_name: str, values: Mapping[str, Any]) -> Definition:
+    """The definition of keyword arguments given so that an operation can be reversed (a
+    drop's ``**definition``, the ``existing={...}`` of a replace). One whose delay or
+    timeout an older sa_pgdispatch let through (and pgdispatch.trigger() refuses) must not
+    stop the migration that drops or replaces it: it becomes an :class:`InvalidSpec`, and
+    only re-creating it (the reverse) raises. Any other refusal raises here."""
+    unknown = sorted(set(values) - _KEYWORDS)
+    if unknown:
+        raise DispatchTriggerOpError(
+            f"trigger {trigger_name!r}: unknown definition argument(s) {', '.join(unknown)} "
+            f"(expected {', '.join(sorted(_KEYWORDS))})"
+        )
+    if not values.get("function"):
+        raise DispatchTriggerOpError(
+            f"trigger {trigger_name!r}: the definition needs function='schema.fn'"
+        )
+    function, options = values["function"], {k: v for k, v in values.items() if k != "function"}
+    try:
+        return _spec(trigger_name, function, options)  # type: ignore[arg-type]
+    except IntervalOptionError as exc:
+        return InvalidSpec.of(values, exc)
 
-    def non_default_kwargs(self) -> dict[str, Any]:
-        """The keywords whose value is not the default, in field order (for rendering)."""
-        defaults = TriggerDefinition(function=self.function)
-        return {k: v for k, v in self.kwargs().items() if getattr(defaults, k) != v}
 
-    def as_mapping(self) -> dict[str, Any]:
-        """All non-default fields including ``function`` (``existing={...}``)."""
-        return {"function": self.function, **self.non_default_kwargs()}
-
-    def to_spec(self, trigger_name: str | None = None) -> DispatchSpec:
-        """The validated :class:`DispatchSpec` of this definition."""
-        return DispatchSpec(**self.kwargs(), function=self.function, trigger_name=trigger_name)
-
-    def to_trigger(self, trigger_name: str) -> DispatchTrigger:
-        """A (detached) :class:`DispatchTrigger` with this definition."""
-        return DispatchTrigger.from_spec(trigger_name, self.to_spec(trigger_name))
+def _recreatable(definition: Definition, what: str, op: _TriggerOp) -> DispatchSpec:
+    """``definition`` as a spec to create a trigger from; raises
+    :class:`DispatchTriggerOpError` for an :class:`InvalidSpec`."""
+    try:
+        return definition.to_spec(op.trigger_name)
+    except DispatchTriggerError as exc:
+        raise DispatchTriggerOpError(
+            f"{what} trigger {op.trigger_name!r} on {op.table_name!r}: its definition "
+            f"cannot be re-created: {exc}"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------
@@ -388,50 +351,43 @@ class UpgradePgdispatchOp(MigrateOperation):
 # dispatch triggers
 
 
-def _definition_to_recreate(
-    trigger_name: str, values: Mapping[str, Any]
-) -> tuple[TriggerDefinition | None, IntervalOptionError | None]:
-    """A definition given only so that an operation can be reversed (a drop's, the
-    ``existing`` of a replace): a trigger whose delay or timeout an older sa_pgdispatch
-    let through (and pgdispatch.trigger() refuses) must not stop the migration that
-    drops or replaces it. Only re-creating it is refused, by the reverse."""
-    try:
-        return TriggerDefinition.from_mapping(trigger_name, values), None
-    except IntervalOptionError as exc:
-        return None, exc
-
-
 class _TriggerOp(MigrateOperation):
-    #: why the definition to re-create the trigger from is unusable (see
-    #: _definition_to_recreate); the reverse raises it
-    definition_error: IntervalOptionError | None = None
+    """A trigger operation. Its ``definition`` (and a replace's ``existing``) is a
+    :class:`DispatchSpec`, or an :class:`InvalidSpec` where the trigger it re-creates is
+    one pgdispatch.trigger() refuses (see :func:`_definition`); running an operation
+    that would create an InvalidSpec raises.
+
+    ``invalid_reverse`` says what :meth:`reverse` does with an InvalidSpec it would
+    re-create: ``"raise"`` (the default: an operation a migration runs, whose reverse
+    would run at once) or ``"carry"`` (an operation autogenerate made from the database:
+    its reverse is rendered into the downgrade, which refuses the definition when it
+    runs, as any migration creating it does).
+    """
 
     def __init__(
         self,
         trigger_name: str,
         table_name: str,
-        definition: TriggerDefinition | None,
+        definition: Definition | None,
         *,
         schema: str | None = None,
+        invalid_reverse: Literal["raise", "carry"] = "raise",
     ) -> None:
         self.trigger_name = trigger_name
         self.table_name = table_name
         self.schema = schema
         self.definition = definition
+        self.invalid_reverse: Literal["raise", "carry"] = invalid_reverse
 
-    def _required_definition(self, what: str) -> TriggerDefinition:
-        if self.definition is None and self.definition_error is not None:
+    def _reversed(self, definition: Definition | None, what: str, missing: str) -> Definition:
+        """``definition`` for the reverse operation to create."""
+        if definition is None:
             raise DispatchTriggerOpError(
-                f"{what} trigger {self.trigger_name!r} on {self.table_name!r}: its definition "
-                f"cannot be re-created: {self.definition_error}"
-            ) from self.definition_error
-        if self.definition is None:
-            raise DispatchTriggerOpError(
-                f"{what} trigger {self.trigger_name!r} on {self.table_name!r}: its definition is "
-                "unknown; give drop_dispatch_trigger() the trigger's arguments "
-                "(function=..., on=..., ...) so that it can be re-created"
+                f"{what} trigger {self.trigger_name!r} on {self.table_name!r}: {missing}"
             )
-        return self.definition
+        if self.invalid_reverse == "carry":
+            return definition
+        return _recreatable(definition, what, self)
 
     def __repr__(self) -> str:
         return (
@@ -444,17 +400,20 @@ class _TriggerOp(MigrateOperation):
 class CreateDispatchTriggerOp(_TriggerOp):
     """``CREATE TRIGGER ... EXECUTE FUNCTION pgdispatch.trigger(...)``; reverse: drop."""
 
-    definition: TriggerDefinition
+    definition: Definition
 
     def __init__(
         self,
         trigger_name: str,
         table_name: str,
-        definition: TriggerDefinition,
+        definition: Definition,
         *,
         schema: str | None = None,
+        invalid_reverse: Literal["raise", "carry"] = "raise",
     ) -> None:
-        super().__init__(trigger_name, table_name, definition, schema=schema)
+        super().__init__(
+            trigger_name, table_name, definition, schema=schema, invalid_reverse=invalid_reverse
+        )
 
     @classmethod
     def create_dispatch_trigger(
@@ -465,49 +424,30 @@ class CreateDispatchTriggerOp(_TriggerOp):
         function: str,
         *,
         schema: str | None = None,
-        on: str | Sequence[str] = ("insert",),
-        columns: Sequence[str] | None = None,
-        when: str | None = None,
-        for_each: Literal["row", "statement"] = "row",
-        delay: IntervalArg | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        timeout: IntervalArg | None = None,
-        security: Literal["invoker", "definer"] = "invoker",
+        **options: Unpack[DispatchOptions],
     ) -> None:
         """Create a dispatch trigger: an ``AFTER`` trigger that dispatches ``function``.
 
-        The arguments are those of :class:`sa_pgdispatch.triggers.DispatchTrigger`
-        (``when`` as SQL text). ``security="definer"`` first makes
-        ``<schema>.pgdispatch_definer_trigger()`` (``pgdispatch.definer_trigger_function``).
+        The keywords are those of :class:`sa_pgdispatch.triggers.DispatchTrigger`
+        (``on``, ``columns``, ``when`` - as SQL text -, ``for_each``, ``delay``,
+        ``priority``, ``max_attempts``, ``timeout``, ``security``; see there).
+        ``security="definer"`` first makes ``<schema>.pgdispatch_definer_trigger()``
+        (``pgdispatch.definer_trigger_function``).
         """
-        definition = TriggerDefinition.build(
-            trigger_name,
-            function,
-            on=on,
-            columns=columns,
-            when=when,
-            for_each=for_each,
-            delay=delay,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            security=security,
-        )
-        operations.invoke(cls(trigger_name, table_name, definition, schema=schema))
+        spec = _spec(trigger_name, function, options)
+        operations.invoke(cls(trigger_name, table_name, spec, schema=schema))
 
     @classmethod
     def from_trigger(
         cls, trigger: DispatchTrigger, table: sa.Table, *, schema: str | None = None
     ) -> CreateDispatchTriggerOp:
         """The operation that creates a declared trigger (``schema`` as rendered)."""
-        return cls(
-            trigger.name, table.name, TriggerDefinition.from_trigger(trigger, table), schema=schema
-        )
+        return cls(trigger.name, table.name, trigger.spec_for(table), schema=schema)
 
     def reverse(self) -> DropDispatchTriggerOp:
         return DropDispatchTriggerOp(
-            self.trigger_name, self.table_name, self.definition, schema=self.schema
+            self.trigger_name, self.table_name, self.definition, schema=self.schema,
+            invalid_reverse=self.invalid_reverse,
         )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
@@ -541,25 +481,29 @@ class DropDispatchTriggerOp(_TriggerOp):
         cls, trigger_name: str, table_name: str, schema: str | None = None, **definition: Any
     ) -> DropDispatchTriggerOp:
         """The operation ``drop_dispatch_trigger()`` runs (``definition`` only serves the
-        reverse: one with a delay or timeout pgdispatch.trigger() refuses is kept as the
-        reverse's error, and the drop still runs)."""
-        parsed, error = (
-            _definition_to_recreate(trigger_name, definition) if definition else (None, None)
-        )
-        op = cls(trigger_name, table_name, parsed, schema=schema)
-        if error is not None:
-            op.definition_error = error
-        return op
+        reverse: one with a delay or timeout pgdispatch.trigger() refuses is kept as an
+        :class:`InvalidSpec`, whose reverse raises, and the drop still runs)."""
+        parsed = _definition(trigger_name, definition) if definition else None
+        return cls(trigger_name, table_name, parsed, schema=schema)
 
     @classmethod
     def from_info(cls, info: DispatchTriggerInfo, *, schema: str | None) -> DropDispatchTriggerOp:
-        """The operation that drops a reflected trigger (``schema`` as rendered)."""
-        return cls(info.name, info.table_name, TriggerDefinition.from_info(info), schema=schema)
+        """The operation that drops a reflected trigger (``schema`` as rendered; an
+        invalid definition is carried into the reverse, see :class:`_TriggerOp`)."""
+        return cls(
+            info.name, info.table_name, info.definition, schema=schema, invalid_reverse="carry"
+        )
 
     def reverse(self) -> CreateDispatchTriggerOp:
-        definition = self._required_definition("cannot reverse the drop of")
+        definition = self._reversed(
+            self.definition,
+            "cannot reverse the drop of",
+            "its definition is unknown; give drop_dispatch_trigger() the trigger's arguments "
+            "(function=..., on=..., ...) so that it can be re-created",
+        )
         return CreateDispatchTriggerOp(
-            self.trigger_name, self.table_name, definition, schema=self.schema
+            self.trigger_name, self.table_name, definition, schema=self.schema,
+            invalid_reverse=self.invalid_reverse,
         )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
@@ -576,18 +520,21 @@ class ReplaceDispatchTriggerOp(_TriggerOp):
     known). ``existing`` is the definition being replaced: the reverse restores it.
     """
 
-    definition: TriggerDefinition
+    definition: Definition
 
     def __init__(
         self,
         trigger_name: str,
         table_name: str,
-        definition: TriggerDefinition,
+        definition: Definition,
         *,
         schema: str | None = None,
-        existing: TriggerDefinition | None = None,
+        existing: Definition | None = None,
+        invalid_reverse: Literal["raise", "carry"] = "raise",
     ) -> None:
-        super().__init__(trigger_name, table_name, definition, schema=schema)
+        super().__init__(
+            trigger_name, table_name, definition, schema=schema, invalid_reverse=invalid_reverse
+        )
         self.existing = existing
 
     @classmethod
@@ -599,64 +546,29 @@ class ReplaceDispatchTriggerOp(_TriggerOp):
         function: str,
         *,
         schema: str | None = None,
-        on: str | Sequence[str] = ("insert",),
-        columns: Sequence[str] | None = None,
-        when: str | None = None,
-        for_each: Literal["row", "statement"] = "row",
-        delay: IntervalArg | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        timeout: IntervalArg | None = None,
-        security: Literal["invoker", "definer"] = "invoker",
         existing: Mapping[str, Any] | None = None,
+        **options: Unpack[DispatchOptions],
     ) -> None:
         """Give an existing dispatch trigger a new definition (the arguments of
         ``create_dispatch_trigger``); ``existing`` (``{"function": ..., ...}``) is the
         old definition, needed only to reverse the operation."""
-        definition = TriggerDefinition.build(
-            trigger_name,
-            function,
-            on=on,
-            columns=columns,
-            when=when,
-            for_each=for_each,
-            delay=delay,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            security=security,
-        )
-        old, error = (
-            _definition_to_recreate(trigger_name, existing) if existing else (None, None)
-        )
-        op = cls(trigger_name, table_name, definition, schema=schema, existing=old)
-        if error is not None:
-            op.existing_error = error
-        operations.invoke(op)
-
-    #: why ``existing`` cannot be restored (a delay or timeout pgdispatch.trigger()
-    #: refuses); the reverse raises it
-    existing_error: IntervalOptionError | None = None
+        spec = _spec(trigger_name, function, options)
+        old = _definition(trigger_name, existing) if existing else None
+        operations.invoke(cls(trigger_name, table_name, spec, schema=schema, existing=old))
 
     def reverse(self) -> ReplaceDispatchTriggerOp:
-        if self.existing is None and self.existing_error is not None:
-            raise DispatchTriggerOpError(
-                f"cannot reverse the replacement of trigger {self.trigger_name!r} on "
-                f"{self.table_name!r}: the definition it replaced cannot be re-created: "
-                f"{self.existing_error}"
-            ) from self.existing_error
-        if self.existing is None:
-            raise DispatchTriggerOpError(
-                f"cannot reverse the replacement of trigger {self.trigger_name!r} on "
-                f"{self.table_name!r}: give replace_dispatch_trigger() existing={{...}} "
-                "(the definition it replaces)"
-            )
+        existing = self._reversed(
+            self.existing,
+            "cannot reverse the replacement of",
+            "give replace_dispatch_trigger() existing={...} (the definition it replaces)",
+        )
         return ReplaceDispatchTriggerOp(
             self.trigger_name,
             self.table_name,
-            self.existing,
+            existing,
             schema=self.schema,
             existing=self.definition,
+            invalid_reverse=self.invalid_reverse,
         )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
@@ -880,9 +792,10 @@ def _table(operation: _TriggerOp) -> TableClause:
     return sa.table(operation.table_name, schema=operation.schema)
 
 
-def _create(operations: Operations, operation: _TriggerOp, definition: TriggerDefinition,
+def _create(operations: Operations, operation: _TriggerOp, definition: Definition,
             *, or_replace: bool = False) -> None:
-    trigger = definition.to_trigger(operation.trigger_name)
+    spec = _recreatable(definition, "cannot create", operation)
+    trigger = DispatchTrigger.from_spec(operation.trigger_name, spec)
     if _context(operations).as_sql:
         # online, the DDL checks them through the server before it runs (CreateDispatchTrigger)
         for option, value in trigger.unchecked_intervals:

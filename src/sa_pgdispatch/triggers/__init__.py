@@ -17,8 +17,9 @@ side-effect function through ``pgdispatch.trigger()`` (argument format:
 that pgdispatch is installed), ``drop_all()`` drops it before the table. The DDL is
 also available as :class:`CreateDispatchTrigger` / :class:`DropDispatchTrigger`, and
 :func:`reflect_dispatch_triggers` reads existing dispatch triggers back into
-:class:`DispatchTriggerInfo` records that compare equal to
-:meth:`DispatchTrigger.info_for` of the definition that made them.
+:class:`DispatchTriggerInfo` records (name, table, a :class:`DispatchSpec` - or an
+:class:`InvalidSpec` for a definition the spec refuses - and what reflection adds) that
+compare equal to :meth:`DispatchTrigger.info_for` of the definition that made them.
 
 Identifiers (trigger, table, schema, column names) are quoted by the dialect's
 preparer; the side-effect function name is parsed and re-quoted canonically; option
@@ -30,6 +31,7 @@ The package is split by role (each module imports only the ones before it):
 
 * ``_sql`` - identifiers, the SQL lexer, ``when`` text, ``pg_get_triggerdef()`` output;
 * ``spec`` - :class:`DispatchSpec`, what a trigger does, and all its validation;
+  :class:`InvalidSpec`, what it refused;
 * ``normalise`` - values normalised through the server, for comparison;
 * ``ddl`` - the DDL constructs and their compilers;
 * ``schema`` - :class:`DispatchTrigger` (a name plus a spec), :class:`DispatchTriggerInfo`,
@@ -73,19 +75,21 @@ from .schema import (
 )
 from .spec import EVENTS as EVENTS
 from .spec import OPTIONS as OPTIONS
-from .spec import DispatchSpec
+from .spec import DispatchOptions, DispatchSpec, InvalidSpec
 from .spec import WhenArg as WhenArg
 from .spec import check_interval_on_server as check_interval_on_server
 
 __all__ = [
     "CreateDefinerTriggerFunction",
     "CreateDispatchTrigger",
+    "DispatchOptions",
     "DispatchSpec",
     "DispatchTrigger",
     "DispatchTriggerError",
     "DispatchTriggerInfo",
     "DropDispatchTrigger",
     "IntervalOptionError",
+    "InvalidSpec",
     "PgDispatchNotInstalledError",
     "RowReference",
     "check_installed",

@@ -1,15 +1,21 @@
 """Reflection: the dispatch triggers of a database, read from ``pg_trigger``.
 
 A trigger is a dispatch trigger when its function is ``pgdispatch.trigger`` or a
-SECURITY DEFINER ``pgdispatch_definer_trigger``; each is read into a
-:class:`~sa_pgdispatch.triggers.DispatchTriggerInfo`, normalised through the server
-(:mod:`.normalise`) like :meth:`DispatchTrigger.info_for
-<sa_pgdispatch.triggers.DispatchTrigger.info_for>`.
+SECURITY DEFINER ``pgdispatch_definer_trigger``; each is read into the keyword arguments
+of a :class:`~sa_pgdispatch.triggers.DispatchSpec` (the ``key=value`` options of
+:data:`~sa_pgdispatch.triggers.spec.OPTIONS` generically, ints and intervals by
+:data:`~.spec.INT_OPTIONS` / :data:`~.spec.INTERVAL_OPTIONS`), normalised through the
+server (:mod:`.normalise`) like :meth:`DispatchTrigger.info_for
+<sa_pgdispatch.triggers.DispatchTrigger.info_for>`, and recorded as a
+:class:`~sa_pgdispatch.triggers.DispatchTriggerInfo`: with a spec, or, when the spec
+refuses them (a trigger made by hand or by an older sa_pgdispatch), with an
+:class:`~sa_pgdispatch.triggers.InvalidSpec`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -25,7 +31,7 @@ from ._sql import (
 from .ddl import DEFINER_FUNCTION
 from .normalise import normalise_interval, standard_conforming_strings
 from .schema import DispatchTriggerInfo
-from .spec import OPTIONS
+from .spec import INT_OPTIONS, INTERVAL_OPTIONS, OPTIONS
 
 __all__ = ["reflect_dispatch_triggers"]
 
@@ -106,41 +112,39 @@ def reflect_dispatch_triggers(
         timing = (
             "before" if tgtype & _TG_BEFORE else "instead of" if tgtype & _TG_INSTEAD else "after"
         )
-        options: dict[str, str] = {}
+        options: dict[str, Any] = {}
         unknown: list[str] = []
         for opt in args[1:]:
             key, sep, value = opt.partition("=")
             key, value = key.strip(), value.strip()
-            if (
-                sep
-                and key in OPTIONS
-                and (key not in options)
-            ):
+            if sep and key in OPTIONS and key not in options:
                 options[key] = value
             else:
                 unknown.append(opt)
-        for key in ("priority", "max_attempts"):
+        for key in INT_OPTIONS:
             if key in options:
                 with contextlib.suppress(ValueError):
-                    options[key] = str(int(options[key]))
+                    options[key] = int(options[key])
+        for key in INTERVAL_OPTIONS:
+            options[key] = normalise_interval(conn, options.get(key))
         when = when_from_triggerdef(row["definition"]) if row["has_when"] else None
         if when is not None:
             when = standardise_strings(when, standard_conforming_strings=scs)
+        arguments = {
+            "function": _canonical_function(args[0]) if args else "",
+            "on": events,
+            "columns": tuple(row["columns"]) or None,
+            "when": when,
+            "for_each": "row" if tgtype & _TG_ROW else "statement",
+            **{key: options.get(key) for key in OPTIONS},
+            "security": "definer" if row["function_name"] == DEFINER_FUNCTION else "invoker",
+        }
         result.append(
-            DispatchTriggerInfo(
-                name=row["name"],
-                table_name=row["table_name"],
-                schema=row["schema"],
-                function=_canonical_function(args[0]) if args else "",
-                events=events,
-                for_each="row" if tgtype & _TG_ROW else "statement",
-                columns=tuple(row["columns"]),
-                when=when,
-                delay=normalise_interval(conn, options.get("delay")),
-                priority=options.get("priority"),
-                max_attempts=options.get("max_attempts"),
-                timeout=normalise_interval(conn, options.get("timeout")),
-                security="definer" if row["function_name"] == DEFINER_FUNCTION else "invoker",
+            DispatchTriggerInfo.read(
+                row["name"],
+                row["table_name"],
+                row["schema"],
+                arguments,
                 timing=timing,
                 unknown_options=tuple(unknown),
             )

@@ -15,26 +15,35 @@ is over 500 lines.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.schema import Column, MetaData, SchemaItem, Table
+from sqlalchemy.schema import MetaData, SchemaItem, Table
 from sqlalchemy.sql import elements, visitors
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from .._interval import IntervalArg
 from ..errors import DispatchTriggerError
 from ..statements import RENDER_DIALECT
 from ._sql import check_identifier, check_when_text
 from .ddl import DropDispatchTrigger, check_installed, create_dispatch_trigger_ddl
 from .normalise import current_schema, normalise_interval, normalise_when
-from .spec import DispatchSpec, WhenArg
+from .spec import (
+    INTERVAL_OPTIONS,
+    DispatchOptions,
+    DispatchSpec,
+    InvalidSpec,
+    WhenArg,
+    record_values,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack: Python 3.11
 
 __all__ = [
     "INFO_KEY",
@@ -106,99 +115,119 @@ def old_row(column: str | elements.ColumnElement[Any]) -> RowReference:
 # the reflected record
 
 
-def _int_text(value: str | None, what: str, name: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise DispatchTriggerError(
-            f"trigger {name!r}: {what} {value!r} is not an int"
-        ) from None
+#: the definition's fields as a reflected record shows them (``events``, ``delay``, ...)
+_DEFINITION_FIELDS = frozenset(record_values(DispatchSpec("f").arguments()))
 
 
 @dataclasses.dataclass(frozen=True)
 class DispatchTriggerInfo:
-    """A dispatch trigger, normalised for comparison.
+    """A dispatch trigger as the database holds it, normalised for comparison: its name
+    and table, a :class:`DispatchSpec`, and what reflection adds.
 
-    ``function`` is canonical (``schema.fn``, quoted only where needed); ``events`` in
-    the order insert, update, delete, truncate; ``columns`` sorted; ``delay`` / ``timeout`` as
-    PostgreSQL prints the interval back when normalised through a connection (else as
-    rendered); ``priority`` / ``max_attempts`` as decimal text; ``when`` as
-    ``pg_get_triggerdef()`` prints it when normalised through a connection (else as
-    rendered). ``schema`` is the table's actual schema (``None`` only for a definition
-    normalised without a connection on a table without schema).
+    ``schema`` is the table's actual schema (``None`` only for a definition normalised
+    without a connection on a table without schema). ``spec`` holds the definition:
+    ``function`` canonical (``schema.fn``, quoted only where needed), ``when`` and the
+    intervals as PostgreSQL prints them back when normalised through a connection (else
+    as rendered). When the spec refuses what the catalog holds (a trigger made by hand,
+    or by an older sa_pgdispatch: a negative delay, a priority that is not an int, ...)
+    ``spec`` is None and ``invalid`` (:class:`InvalidSpec`) keeps the arguments and why.
+    ``timing`` (``after``) and ``unknown_options`` (``key=value`` arguments
+    pgdispatch.trigger() does not know) are what a spec cannot express at all.
+    :meth:`to_spec` is the one way from this record to a usable spec.
 
-    It records what the catalog holds, as text, which a :class:`DispatchSpec` cannot
-    always express (another timing, unknown options, options pgdispatch.trigger()
-    refuses): :meth:`to_spec` is the one way from this record to a spec.
+    The definition's fields also read as attributes, as :meth:`values` shows them, valid
+    or not: ``info.function``, ``info.events``, ``info.columns`` (``()`` when none),
+    ``info.when``, ``info.delay``, ``info.priority`` (decimal text, as
+    ``pgdispatch.trigger()`` receives it), ...
     """
 
     name: str
     table_name: str
     schema: str | None
-    function: str
-    events: tuple[str, ...]
-    for_each: str = "row"
-    columns: tuple[str, ...] = ()
-    when: str | None = None
-    delay: str | None = None
-    priority: str | None = None
-    max_attempts: str | None = None
-    timeout: str | None = None
-    security: str = "invoker"
+    spec: DispatchSpec | None
     timing: str = "after"
     unknown_options: tuple[str, ...] = ()
+    invalid: InvalidSpec | None = None
+
+    def __post_init__(self) -> None:
+        if (self.spec is None) == (self.invalid is None):
+            raise DispatchTriggerError(
+                f"trigger {self.name!r}: a DispatchTriggerInfo holds exactly one of spec "
+                "and invalid"
+            )
 
     @classmethod
-    def from_spec(
-        cls, name: str, table_name: str, schema: str | None, spec: DispatchSpec, **values: Any
+    def read(
+        cls,
+        name: str,
+        table_name: str,
+        schema: str | None,
+        arguments: Mapping[str, Any],
+        *,
+        timing: str = "after",
+        unknown_options: tuple[str, ...] = (),
     ) -> DispatchTriggerInfo:
-        """The record of ``spec`` (``function``, ``when``, ``delay`` and ``timeout`` can be
-        given in ``values``, normalised)."""
-        fields: dict[str, Any] = {
-            "function": spec.function,
-            "events": spec.events,
-            "for_each": spec.for_each,
-            "columns": spec.columns,
-            "when": spec.when if isinstance(spec.when, str) else None,
-            "delay": spec.delay,
-            "priority": None if spec.priority is None else str(spec.priority),
-            "max_attempts": None if spec.max_attempts is None else str(spec.max_attempts),
-            "timeout": spec.timeout,
-            "security": spec.security,
+        """The record of keyword arguments read from the catalog (``function``
+        included): a spec when they make one, else an :class:`InvalidSpec`."""
+        read = DispatchSpec.read(arguments, trigger_name=name)
+        return cls(
+            name,
+            table_name,
+            schema,
+            read if isinstance(read, DispatchSpec) else None,
+            timing=timing,
+            unknown_options=unknown_options,
+            invalid=read if isinstance(read, InvalidSpec) else None,
+        )
+
+    @property
+    def definition(self) -> DispatchSpec | InvalidSpec:
+        """The spec, or the arguments it refused (what a migration carries)."""
+        definition = self.spec if self.spec is not None else self.invalid
+        assert definition is not None  # __post_init__
+        return definition
+
+    def values(self) -> dict[str, Any]:
+        """The fields to compare, by name: ``name``, ``table_name``, ``schema``, the
+        definition's (``function``, ``events``, ``columns``, ... ints as decimal text:
+        :func:`~sa_pgdispatch.triggers.spec.record_values`), ``timing``,
+        ``unknown_options``."""
+        return {
+            "name": self.name,
+            "table_name": self.table_name,
+            "schema": self.schema,
+            **record_values(self.definition.arguments()),
+            "timing": self.timing,
+            "unknown_options": self.unknown_options,
         }
-        return cls(name=name, table_name=table_name, schema=schema, **{**fields, **values})
+
+    def __getattr__(self, name: str) -> Any:
+        # only for names that are not attributes: the definition's fields
+        if name not in _DEFINITION_FIELDS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return record_values(self.definition.arguments()).get(name)
 
     def diff(self, other: DispatchTriggerInfo) -> dict[str, tuple[Any, Any]]:
-        """Fields that differ: ``{field: (self's, other's)}``."""
+        """Fields that differ: ``{field: (self's, other's)}`` (see :meth:`values`)."""
+        mine, theirs = self.values(), other.values()
         return {
-            f.name: (getattr(self, f.name), getattr(other, f.name))
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
+            key: (mine.get(key), theirs.get(key))
+            for key in {**mine, **theirs}
+            if mine.get(key) != theirs.get(key)
         }
 
     def to_spec(self) -> DispatchSpec:
         """The :class:`DispatchSpec` of this trigger (``when`` as SQL text); raises
-        :class:`DispatchTriggerError` when none can express it."""
+        :class:`DispatchTriggerError` when none can express it (another timing, unknown
+        options), or the refusal of an invalid definition."""
         if self.timing != "after" or self.unknown_options:
             raise DispatchTriggerError(
                 f"trigger {self.name!r} cannot be expressed as a DispatchTrigger "
                 f"(timing {self.timing}, unknown options {self.unknown_options})"
             )
-        return DispatchSpec(
-            self.function,
-            on=self.events,
-            columns=self.columns or None,
-            when=self.when,
-            for_each=self.for_each,  # type: ignore[arg-type]
-            delay=self.delay,
-            priority=_int_text(self.priority, "priority", self.name),
-            max_attempts=_int_text(self.max_attempts, "max_attempts", self.name),
-            timeout=self.timeout,
-            security=self.security,  # type: ignore[arg-type]
-            trigger_name=self.name,
-        )
+        if self.invalid is not None:
+            return self.invalid.to_spec(self.name)  # raises the refusal
+        return self.definition.to_spec()
 
     def to_trigger(self) -> DispatchTrigger:
         """A (detached) :class:`DispatchTrigger` with this definition."""
@@ -234,41 +263,15 @@ class DispatchTrigger(SchemaItem):
         ``pgdispatch.definer_trigger_function('<schema>')`` before the trigger).
 
     The arguments but ``name`` make its :attr:`spec` (:class:`DispatchSpec`, validated
-    there); ``events``, ``columns``, ``when``, ... read from it.
+    there; the keywords are typed by :class:`~sa_pgdispatch.triggers.spec.DispatchOptions`);
+    ``events``, ``columns``, ``when``, ... read from it.
     """
 
     __visit_name__ = "pgdispatch_trigger"
 
-    def __init__(
-        self,
-        name: str,
-        function: str,
-        *,
-        on: str | Sequence[str] = ("insert",),
-        columns: Sequence[str | Column[Any]] | None = None,
-        when: WhenArg | None = None,
-        for_each: Literal["row", "statement"] = "row",
-        delay: IntervalArg | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        timeout: IntervalArg | None = None,
-        security: Literal["invoker", "definer"] = "invoker",
-    ) -> None:
+    def __init__(self, name: str, function: str, **options: Unpack[DispatchOptions]) -> None:
         check_identifier(name, "trigger name")
-        spec = DispatchSpec(
-            function,
-            on=on,
-            columns=columns,
-            when=when,
-            for_each=for_each,
-            delay=delay,
-            priority=priority,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            security=security,
-            trigger_name=name,
-        )
-        self._init(name, spec)
+        self._init(name, DispatchSpec(function, trigger_name=name, **options))
 
     def _init(self, name: str, spec: DispatchSpec) -> None:
         self.name = name
@@ -525,22 +528,25 @@ class DispatchTrigger(SchemaItem):
         default_schema = None
         if conn is not None and not table.schema:
             default_schema = current_schema(conn)
-        delay, timeout, when = self.delay, self.timeout, self.when_sql(table)
+        arguments = {
+            **self.spec_for(table).arguments(),
+            "function": self.qualified_function(table, default_schema=default_schema),
+        }
         if conn is not None:
-            delay = normalise_interval(conn, delay)
-            timeout = normalise_interval(conn, timeout)
-            if when is not None:
-                when = normalise_when(conn, self.spec, table, when)
-        return DispatchTriggerInfo.from_spec(
-            self.name,
-            table.name,
-            table.schema or default_schema,
-            self.spec,
-            function=self.qualified_function(table, default_schema=default_schema),
-            when=when,
-            delay=delay,
-            timeout=timeout,
+            for option in INTERVAL_OPTIONS:
+                arguments[option] = normalise_interval(conn, arguments[option])
+            if arguments["when"] is not None:
+                arguments["when"] = normalise_when(conn, self.spec, table, arguments["when"])
+        return DispatchTriggerInfo.read(
+            self.name, table.name, table.schema or default_schema, arguments
         )
+
+    def spec_for(self, table: Table | TableClause | None = None) -> DispatchSpec:
+        """The spec with ``when`` as SQL text (rendered on ``table``, default the
+        trigger's own): what a migration writes."""
+        if self.when is None or isinstance(self.when, str):
+            return self.spec
+        return self.spec.replace(when=self.when_sql(table), trigger_name=self.name)
 
 
 def dispatch_triggers(table: Table) -> tuple[DispatchTrigger, ...]:

@@ -1,14 +1,26 @@
 """What a dispatch trigger does, apart from its name and table: :class:`DispatchSpec`.
 
 One frozen, validated value type, shared by the schema item
-(:class:`~sa_pgdispatch.triggers.DispatchTrigger` is a name plus a spec), the Alembic
-operations (they carry one) and reflection (:meth:`DispatchTriggerInfo.to_spec
-<sa_pgdispatch.triggers.DispatchTriggerInfo.to_spec>`). Every option is validated here,
-once: identifiers, events and their rules (``truncate`` and statement-level triggers),
-``when`` text, the intervals (as PostgreSQL reads them, :mod:`sa_pgdispatch._interval`;
-text too exotic to decide offline is checked through the server before the DDL runs),
-the ints. Adding an option touches this module, its rendering (``ddl.py``) and its
-reflection (``reflection.py``).
+(:class:`~sa_pgdispatch.triggers.DispatchTrigger` is a name plus a spec), the reflected
+record (:class:`~sa_pgdispatch.triggers.DispatchTriggerInfo`: name, table, a spec, and
+what reflection adds) and the Alembic operations (they carry one). Every option is
+validated here, once: identifiers, events and their rules (``truncate`` and
+statement-level triggers), ``when`` text, the intervals (as PostgreSQL reads them,
+:mod:`sa_pgdispatch._interval`; text too exotic to decide offline is checked through the
+server before the DDL runs), the ints.
+
+A definition read from a database can be one the spec refuses (a trigger made by hand,
+or by an older sa_pgdispatch that let a negative delay through): :meth:`DispatchSpec.read`
+then returns an :class:`InvalidSpec` - the same keyword arguments, unvalidated, and why
+they were refused - which can be compared, rendered into a migration and dropped, but
+never made into a trigger.
+
+Adding an option touches this module (the constructor, :class:`DispatchOptions`,
+``arguments()`` and, for a ``key=value`` argument of ``pgdispatch.trigger()``,
+:data:`OPTIONS`), its rendering (``ddl.py``, only for an option that is not a
+``key=value`` argument) and its reflection (``reflection.py``, likewise); the schema
+item, the reflected record, the Alembic operations and autogenerate take the keyword
+arguments as they come.
 """
 
 from __future__ import annotations
@@ -16,8 +28,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeAlias
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -38,11 +50,16 @@ from ._sql import check_identifier, check_when_text, format_ident, parse_functio
 
 __all__ = [
     "EVENTS",
+    "INTERVAL_OPTIONS",
+    "INT_OPTIONS",
     "OPTIONS",
+    "DispatchOptions",
     "DispatchSpec",
     "IntervalArg",
+    "InvalidSpec",
     "WhenArg",
     "check_interval_on_server",
+    "record_values",
 ]
 
 EVENTS = ("insert", "update", "delete", "truncate")
@@ -50,6 +67,12 @@ EVENTS = ("insert", "update", "delete", "truncate")
 
 OPTIONS = ("delay", "priority", "max_attempts", "timeout")
 """The options passed to ``pgdispatch.trigger()`` as ``key=value`` arguments, in order."""
+
+INTERVAL_OPTIONS = ("delay", "timeout")
+"""The options that are intervals (normalised through the server for comparison)."""
+
+INT_OPTIONS = ("priority", "max_attempts")
+"""The options that are ints (read back from their ``key=value`` text)."""
 
 WhenArg: TypeAlias = (
     "str | elements.ColumnElement[Any] | Callable[[Any], elements.ColumnElement[Any]]"
@@ -192,6 +215,22 @@ def _int_option(value: int | None, what: str, *, minimum: int) -> int | None:
 
 # ---------------------------------------------------------------------------------------
 # the spec
+
+
+class DispatchOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`DispatchSpec` but ``function``: what
+    :class:`~sa_pgdispatch.triggers.DispatchTrigger` and ``op.create_dispatch_trigger`` /
+    ``op.replace_dispatch_trigger`` pass on (``**options: Unpack[DispatchOptions]``)."""
+
+    on: str | Sequence[str]
+    columns: str | Sequence[str | Column[Any]] | None
+    when: WhenArg | None
+    for_each: Literal["row", "statement"]
+    delay: IntervalArg | None
+    priority: int | None
+    max_attempts: int | None
+    timeout: IntervalArg | None
+    security: Literal["invoker", "definer"]
 
 
 def _events(on: str | Sequence[str], where: str) -> tuple[str, ...]:
@@ -387,14 +426,31 @@ class DispatchSpec:
 
     def non_default_arguments(self) -> dict[str, Any]:
         """The keywords (not ``function``) whose value is not the default, in order."""
-        defaults = DispatchSpec(self.function).arguments()
-        return {
-            k: v for k, v in self.arguments().items() if k != "function" and defaults[k] != v
-        }
+        return _non_default(self.arguments())
+
+    def mapping(self) -> dict[str, Any]:
+        """``function`` and the non-default keywords: the definition as a migration
+        writes it (``drop_dispatch_trigger(**...)``, ``existing={...}``)."""
+        return {"function": self.function, **self.non_default_arguments()}
 
     def replace(self, *, trigger_name: str | None = None, **changes: Any) -> DispatchSpec:
         """A spec with some arguments changed (validated again)."""
         return type(self)(**{**self.arguments(), **changes}, trigger_name=trigger_name)
+
+    def to_spec(self, trigger_name: str | None = None) -> DispatchSpec:
+        """This spec (already valid; :meth:`InvalidSpec.to_spec` validates again)."""
+        return self
+
+    @classmethod
+    def read(
+        cls, arguments: Mapping[str, Any], *, trigger_name: str | None = None
+    ) -> DispatchSpec | InvalidSpec:
+        """The spec of keyword arguments read from a database (``function`` included),
+        or, when the spec refuses them, an :class:`InvalidSpec` that keeps them and why."""
+        try:
+            return cls(**arguments, trigger_name=trigger_name)
+        except DispatchTriggerError as exc:
+            return InvalidSpec.of(arguments, exc)
 
     # -- rendering ---------------------------------------------------------------------
 
@@ -416,3 +472,92 @@ class DispatchSpec:
         (:attr:`unchecked_intervals`); raises :class:`IntervalOptionError`."""
         for option, value in self.unchecked_intervals:
             check_interval_on_server(conn, value, option, positive=option == "timeout")
+
+
+# ---------------------------------------------------------------------------------------
+# what a spec refuses
+
+
+@dataclasses.dataclass(frozen=True)
+class InvalidSpec:
+    """The keyword arguments of a :class:`DispatchSpec` that it refuses, and why.
+
+    Made by :meth:`DispatchSpec.read` for a definition read from a database (a trigger
+    made by hand, or by an older sa_pgdispatch: a negative delay, an option that is not
+    an int, a statement-level trigger with a WHEN condition, ...), and by the Alembic
+    operations for the definition a drop or a replace carries only so that it can be
+    reversed. It compares (two are equal when their arguments are) and renders into a
+    migration like a spec (:meth:`arguments`, :meth:`mapping`); :meth:`to_spec`
+    validates again, so it raises the refusal, never makes a trigger.
+    """
+
+    #: the keyword arguments, ``function`` first (sequences as tuples)
+    items: tuple[tuple[str, Any], ...]
+    #: why the spec refused them
+    error: str = dataclasses.field(compare=False)
+    #: the ``delay`` / ``timeout`` at fault when that is the reason (an
+    #: :class:`IntervalOptionError`: the trigger fails each time it fires), else None
+    option: str | None = dataclasses.field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any], error: DispatchTriggerError) -> InvalidSpec:
+        return cls(
+            tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in arguments.items()),
+            str(error),
+            error.option if isinstance(error, IntervalOptionError) else None,
+        )
+
+    @property
+    def function(self) -> Any:
+        return self.arguments().get("function")
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments, as :meth:`DispatchSpec.arguments` gives a spec's."""
+        return dict(self.items)
+
+    def non_default_arguments(self) -> dict[str, Any]:
+        """The keywords (not ``function``) whose value is not the default, in order."""
+        return _non_default(self.arguments())
+
+    def mapping(self) -> dict[str, Any]:
+        """``function`` and the non-default keywords (see :meth:`DispatchSpec.mapping`)."""
+        return {"function": self.function, **self.non_default_arguments()}
+
+    def without(self, option: str) -> DispatchSpec | InvalidSpec:
+        """These arguments with ``option`` left out (None), read again."""
+        return DispatchSpec.read({**self.arguments(), option: None})
+
+    def to_spec(self, trigger_name: str | None = None) -> DispatchSpec:
+        """Validate the arguments again: raises the refusal (a
+        :class:`DispatchTriggerError`) unless they have become valid."""
+        return DispatchSpec(**self.arguments(), trigger_name=trigger_name)
+
+
+_DEFAULTS: dict[str, Any] = {}
+
+
+def _non_default(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    if not _DEFAULTS:
+        _DEFAULTS.update(DispatchSpec("f").arguments())
+    return {
+        k: v
+        for k, v in arguments.items()
+        if k != "function" and (k not in _DEFAULTS or _DEFAULTS[k] != v)
+    }
+
+
+def record_values(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments as the fields of a reflected record show them (what
+    :meth:`DispatchTriggerInfo.diff <sa_pgdispatch.triggers.DispatchTriggerInfo.diff>`
+    compares): ``events`` for ``on``, ``columns`` ``()`` when none, ints as decimal text
+    (as ``pgdispatch.trigger()`` receives them)."""
+    values: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if key == "on":
+            key, value = "events", (value,) if isinstance(value, str) else tuple(value)
+        elif key == "columns":
+            value = () if value is None else tuple(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        values[key] = value
+    return values
