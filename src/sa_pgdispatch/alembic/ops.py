@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import psycopg
 import sqlalchemy as sa
@@ -165,9 +165,9 @@ def _definition(trigger_name: str, values: Mapping[str, Any]) -> Definition:
         raise DispatchTriggerOpError(
             f"trigger {trigger_name!r}: the definition needs function='schema.fn'"
         )
-    function, options = values["function"], {k: v for k, v in values.items() if k != "function"}
+    options = cast(DispatchOptions, {k: v for k, v in values.items() if k != "function"})
     try:
-        return _spec(trigger_name, function, options)  # type: ignore[arg-type]
+        return _spec(trigger_name, values["function"], options)
     except IntervalOptionError as exc:
         return InvalidSpec.of(values, exc)
 
