@@ -30,6 +30,7 @@ no ``;``, no comments) so that it cannot leave its ``WHEN ( ... )`` clause.
 The package is split by role (each module imports only the ones before it):
 
 * ``_sql`` - identifiers, the SQL lexer, ``when`` text, ``pg_get_triggerdef()`` output;
+* ``_values`` - option values: intervals as PostgreSQL reads them, ints;
 * ``spec`` - :class:`DispatchSpec`, what a trigger does, and all its validation;
   :class:`InvalidSpec`, what it refused;
 * ``normalise`` - values normalised through the server, for comparison;
