@@ -129,7 +129,7 @@ TriggerDefinition = DispatchSpec
 for the code that imported it; a drop or replace may instead carry an
 :class:`~sa_pgdispatch.triggers.InvalidSpec`, see :data:`Definition`)."""
 
-Definition: TypeAlias = "DispatchSpec | InvalidSpec"
+Definition: TypeAlias = DispatchSpec | InvalidSpec
 """A spec, or the arguments of one that the spec refused: a trigger read from the
 database, or the definition written into a migration, that pgdispatch.trigger() would
 refuse (a drop or replace still runs; re-creating it raises)."""

@@ -388,12 +388,11 @@ class InvalidSpec:
         return DispatchSpec(**self.arguments(), trigger_name=trigger_name)
 
 
-_DEFAULTS: dict[str, Any] = {}
+#: the keyword arguments' defaults (and ``function``, never compared)
+_DEFAULTS: dict[str, Any] = DispatchSpec("f").arguments()
 
 
 def _non_default(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    if not _DEFAULTS:
-        _DEFAULTS.update(DispatchSpec("f").arguments())
     return {
         k: v
         for k, v in arguments.items()
