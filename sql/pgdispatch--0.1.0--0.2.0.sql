@@ -2168,4 +2168,61 @@ BEGIN
 END
 $grants$;
 
+-- 0.1.0's pg_cron jobs become 0.2.0's: named pgdispatch:<slot> (0.1.0:
+-- pgdispatch:<role>:<slot>, which pg_cron 1.4 cut at 63 bytes), their commands carrying
+-- the role's oid (see repair_roles()), on 0.2.0's schedule: '1 seconds' from pg_cron 1.5,
+-- where 0.1.0 had '10 seconds', so that a 0.1.0 worker that stops at its next claim
+-- (above) was followed up to 10 s later. Every role's jobs when the upgrading role may
+-- change other roles' (_manages_cron(): the same jobs, changed in place), else the
+-- upgrading role's own (scheduled anew, as start() does). Other roles' jobs keep running
+-- 0.2.0's work() under their 0.1.0 names and schedule until the role's next start() or
+-- the first dispatch of its sessions (_ensure_worker()).
+DO $cron_jobs$
+DECLARE
+  r record;
+  sched text;
+  manages boolean;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'pg_cron')
+     OR NOT has_schema_privilege('cron', 'USAGE') THEN
+    RETURN;  -- pg_cron is not in this database: 0.1.0 scheduled no worker from here
+  END IF;
+  sched := pgdispatch._worker_schedule();
+  manages := pgdispatch._manages_cron() AND has_table_privilege('cron.job', 'UPDATE');
+  FOR r IN
+    SELECT j.jobid, j.jobname, j.username, u.oid AS role_oid, s.slot,
+           format('%s /* role %s */',
+                  CASE WHEN s.slot = 'watchdog' THEN 'CALL pgdispatch.watchdog()'
+                       ELSE format('CALL pgdispatch.work(slot => %s)', s.slot) END,
+                  u.oid) AS command
+      FROM cron.job j
+      JOIN pg_roles u ON u.rolname = j.username
+     CROSS JOIN LATERAL (
+       SELECT CASE WHEN j.command = 'CALL pgdispatch.watchdog()' THEN 'watchdog'
+                   ELSE (regexp_match(j.command, '^CALL pgdispatch\.work\(slot => ([0-9]+)\)$'))[1]
+              END AS slot) s
+     WHERE j.jobname LIKE 'pgdispatch:%' AND j.database = current_database()
+       AND s.slot IS NOT NULL AND (manages OR j.username = current_user)
+     ORDER BY j.jobid
+  LOOP
+    IF manages THEN
+      IF EXISTS (SELECT 1 FROM cron.job k
+                  WHERE k.jobname = pgdispatch._job_name(r.slot) AND k.username = r.username
+                    AND k.jobid <> r.jobid) THEN
+        DELETE FROM cron.job k WHERE k.jobid = r.jobid;
+      ELSE
+        UPDATE cron.job k
+           SET jobname = pgdispatch._job_name(r.slot), command = r.command, schedule = sched
+         WHERE k.jobid = r.jobid;
+      END IF;
+    ELSE
+      PERFORM cron.schedule(pgdispatch._job_name(r.slot), sched, r.command);
+      PERFORM cron.unschedule(r.jobid);
+    END IF;
+    UPDATE pgdispatch.worker w SET schedule = sched
+     WHERE w.role_id = r.role_oid AND w.schedule IS DISTINCT FROM sched;
+  END LOOP;
+END
+$cron_jobs$;
+
 UPDATE pgdispatch.meta SET value = '0.2.0' WHERE key = 'version';
