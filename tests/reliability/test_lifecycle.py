@@ -7,8 +7,6 @@ never see. Every test starts from a fresh install.
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 import uuid
 from typing import Any
 
@@ -126,116 +124,22 @@ def test_upgrade_with_queued_jobs_keeps_and_runs_them(rel: Any, fresh: Any) -> N
         )
 
 
-# A job that records each execution twice: in a table (rolled back with its batch) and in
-# a sequence (not: like dblink, pg_net or an e-mail, an execution that rolled back stays done).
-_RECORD = (
-    "INSERT INTO app.ran (id, pid, execution)"
-    " SELECT ($1->>'i')::int, pg_backend_pid(), nextval('app.executions')"
-    "   FROM pg_sleep(($1->>'sleep')::float8)"
-)
-
-
-def test_upgrade_under_a_stream_of_jobs_runs_each_once(rel: Any, fresh: Any) -> None:
-    """Upgrading while jobs flow: a worker of the previous version is running a batch when
-    the upgrade starts, and dispatches go on during and after it. Every job runs exactly
-    once (its execution is counted where a rollback cannot undo it), none is left running,
-    and the old worker runs nothing once the new version is in: what is dispatched after
-    the upgrade runs on a worker of the new code. (0.1.0's work() ran a batch after the
-    upgrade committed, then failed on the pgdispatch._finish() 0.2.0 dropped: the batch
-    rolled back and ran again on a new worker.)"""
+def test_upgrade_under_a_stream_of_jobs_runs_each_once(
+    rel: Any, fresh: Any, upgrade_under_load: Any
+) -> None:
+    """Upgrading while jobs flow (tests/conftest.py, _upgrade_under_load): a worker of the
+    previous version mid-batch when the upgrade starts, dispatches going on during and
+    after it. Every job runs exactly once, none is left running, and the old worker runs
+    nothing once the new version is in. (0.1.0's work() ran a batch after the upgrade
+    committed, then failed on the pgdispatch._finish() 0.2.0 dropped: the batch rolled
+    back and ran again on a new worker: 601 executions of 600 jobs.)"""
     versions = available_versions()
     if len(versions) < 2:
         pytest.skip(f"only one pgdispatch version ships ({versions}): no upgrade path to test")
-    previous = versions[-2]
     with rel.connect(fresh) as su:
-        assert install(su, version=previous, workers=0) == previous
-        su.execute(
-            "CREATE TABLE app.ran (id integer, pid integer, execution bigint);"  # no unique key
-            " CREATE SEQUENCE app.executions;"
-            " GRANT INSERT, SELECT ON app.ran TO PUBLIC;"
-            " GRANT USAGE, SELECT ON SEQUENCE app.executions TO PUBLIC"
-        )
+        assert install(su, version=versions[-2], workers=0) == versions[-2]
     role = rel.make_role(fresh, "upl")
-    with rel.connect(fresh, role) as conn:
-        conn.execute("SELECT pgdispatch.stop()")  # no pg_cron workers: this test drives them
-        for i in range(1, 41):  # a backlog of slow jobs, so that the old worker is mid-batch
-            conn.execute(
-                "SELECT pgdispatch.dispatch(%s, jsonb_build_object('i', %s::int, 'sleep', 0.02))",
-                (_RECORD, i),
-            )
-
-    upgraded = threading.Event()
-    stop_stream = threading.Event()
-    after_upgrade: list[int] = []
-    dispatched: list[int] = list(range(1, 41))
-    stream_errors: list[str] = []
-
-    def stream() -> None:
-        i = 1000
-        try:
-            with rel.connect(fresh, role) as conn:
-                while not stop_stream.is_set():
-                    i += 1
-                    late = upgraded.is_set()
-                    conn.execute(
-                        "SELECT pgdispatch.dispatch(%s,"
-                        " jsonb_build_object('i', %s::int, 'sleep', 0.002))",
-                        (_RECORD, i),
-                    )
-                    dispatched.append(i)
-                    if late:
-                        after_upgrade.append(i)
-                    time.sleep(0.001)
-        except psycopg.Error as exc:  # pragma: no cover - reported below
-            stream_errors.append(str(exc))
-
-    old = rel.WorkerThread(fresh, role, "CALL pgdispatch.work(slot => 1, drain => true)")
-    dispatcher = threading.Thread(target=stream, daemon=True)
-    old.start()
-    dispatcher.start()
-    rel.wait_for(lambda: old.pid is not None, timeout=10, what="the old worker's session")
-    old_pid = old.pid
-    with rel.connect(fresh) as su:
-        rel.wait_for(
-            lambda: rel.count(su, "SELECT last_value FROM app.executions") >= 3,
-            timeout=10, what="the old worker's first jobs",
-        )
-        assert rel.count(su, "SELECT count(*) FROM pgdispatch.job") > 10  # mid-backlog
-        assert upgrade(su) == latest_version()
-        upgraded.set()
-    old.join(timeout=60)
-    assert not old.is_alive()
-    # the new code's worker, while jobs still flow
-    new = rel.WorkerThread(fresh, role, "CALL pgdispatch.work(slot => 1, drain => true)")
-    new.start()
-    rel.wait_for(lambda: len(after_upgrade) >= 50, timeout=30, what="dispatches after the upgrade")
-    stop_stream.set()
-    dispatcher.join(timeout=30)
-    assert stream_errors == []
-    new.join(timeout=60)
-    assert not new.is_alive()
-    assert new.errors == []
-    rel.drain(fresh, role)  # (whatever came after the new worker's last claim)
-
-    with rel.connect(fresh) as su:
-        executions = rel.count(su, "SELECT last_value FROM app.executions")
-        ran = dict(su.execute("SELECT id, count(*) FROM app.ran GROUP BY id").fetchall())
-        states = su.execute(
-            "SELECT state, count(*) FROM pgdispatch.jobs GROUP BY state"
-        ).fetchall()
-        queued = rel.count(su, "SELECT count(*) FROM pgdispatch.job")
-        late_pids = {
-            pid for (pid,) in su.execute(
-                "SELECT DISTINCT pid FROM app.ran WHERE id = ANY (%s)", (after_upgrade,)
-            ).fetchall()
-        }
-    assert ran == dict.fromkeys(dispatched, 1)
-    assert executions == len(dispatched), (
-        f"{executions} executions of {len(dispatched)} jobs (old worker: {old.errors})"
-    )
-    assert states == [("succeeded", len(dispatched))]
-    assert queued == 0
-    assert old_pid not in late_pids
+    upgrade_under_load(lambda: rel.connect(fresh, role), lambda: rel.connect(fresh))
 
 
 def _pgdispatch_cron_jobs(conn: Any) -> dict[tuple[str, str], tuple[Any, ...]]:
