@@ -264,7 +264,9 @@ CREATE TRIGGER settings_restore BEFORE INSERT ON pgdispatch.settings
 -- Advisory lock namespace ('pgdp'): (1885824112, low 32 bits of job id) marks a running
 -- job; (1885824113 + slot, role oid) is a worker slot; slot 0 is the watchdog.
 -- (0.1.0 called it _lock_key: the upgrade renamed it, so that a worker still running
--- 0.1.0's work() fails right after its next claim, before it runs a job.)
+-- 0.1.0's work() fails right after its next claim, before it runs a job. work() calls it
+-- after each claim, before each job's command: a later upgrade that running workers of
+-- this version could not follow stops them the same way, by renaming it.)
 CREATE FUNCTION pgdispatch._advisory_key(id bigint) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT ((id & 4294967295) - CASE WHEN (id & 4294967295) > 2147483647 THEN 4294967296 ELSE 0 END)::integer
