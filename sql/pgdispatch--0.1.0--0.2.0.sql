@@ -2173,10 +2173,10 @@ $grants$;
 -- the role's oid (see repair_roles()), on 0.2.0's schedule: '1 seconds' from pg_cron 1.5,
 -- where 0.1.0 had '10 seconds', so that a 0.1.0 worker that stops at its next claim
 -- (above) was followed up to 10 s later. Every role's jobs when the upgrading role may
--- change other roles' (_manages_cron(): the same jobs, changed in place), else the
--- upgrading role's own (scheduled anew, as start() does). Other roles' jobs keep running
--- 0.2.0's work() under their 0.1.0 names and schedule until the role's next start() or
--- the first dispatch of its sessions (_ensure_worker()).
+-- change other roles' (as _manages_cron() asks of the owner, and UPDATE: the same jobs,
+-- changed in place), else the upgrading role's own (scheduled anew, as start() does).
+-- Other roles' jobs keep running 0.2.0's work() under their 0.1.0 names and schedule
+-- until the role's next start().
 DO $cron_jobs$
 DECLARE
   r record;
@@ -2188,7 +2188,11 @@ BEGIN
     RETURN;  -- pg_cron is not in this database: 0.1.0 scheduled no worker from here
   END IF;
   sched := pgdispatch._worker_schedule();
-  manages := pgdispatch._manages_cron() AND has_table_privilege('cron.job', 'UPDATE');
+  -- (the upgrading role's rights: it may be a superuser upgrading an owner's install)
+  manages := has_table_privilege('cron.job', 'UPDATE') AND has_table_privilege('cron.job', 'DELETE')
+             AND ((SELECT u.rolsuper OR u.rolbypassrls FROM pg_roles u WHERE u.rolname = current_user)
+                  OR pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = 'cron.job'::regclass),
+                                 'USAGE'));
   FOR r IN
     SELECT j.jobid, j.jobname, j.username, u.oid AS role_oid, s.slot,
            format('%s /* role %s */',
