@@ -29,7 +29,31 @@
 -- * dispatch() refuses a job_key over 1000 bytes (22001) instead of failing in the index.
 -- * trigger(): a procedure as the side effect is refused when the trigger fires; TRUNCATE
 --   triggers (statement level) dispatch one job with $1 = '[]'.
+-- * Upgrading under load: workers of 0.1.0 stop before their next job (see below).
 -- Queued jobs are kept; running workers pick the new code up at their next run.
+
+-- Workers that run 0.1.0's work() while this script runs go on with its code (a running
+-- CALL keeps the procedure it started with) and with whatever of pgdispatch they call
+-- as it is after this commits. Their batches must not straddle the upgrade:
+-- * No 0.1.0 batch is half done when this commits: a worker holds the queue from its
+--   claim to the commit of the batch's outcomes, and the locks below wait for running
+--   batches to commit, and hold off new claims until this commits. (The settings first,
+--   then the queue: the order in which idle workers and watchdogs take them.)
+-- * A 0.1.0 worker's next claim then fails before its first job runs: 0.1.0's work()
+--   calls pgdispatch._lock_key(bigint) right after a claim, before each job's command,
+--   and that function is renamed here. The batch's transaction has run nothing (its
+--   claim rolls back), the worker ends with "function pgdispatch._lock_key(bigint) does
+--   not exist", and pg_cron's next run of its job runs 0.2.0's work(). (Without this it
+--   ran the batch and failed at its end, on the pgdispatch._finish() dropped below: the
+--   batch rolled back and its jobs ran again on a new worker, repeating what a rollback
+--   does not undo: nextval(), dblink, pg_net.) 0.1.0 watchdogs run on until their
+--   deadline (a minute at most), compatibly.
+LOCK TABLE pgdispatch.settings, pgdispatch.job IN ACCESS EXCLUSIVE MODE;
+ALTER FUNCTION pgdispatch._lock_key(bigint) RENAME TO _advisory_key;
+CREATE OR REPLACE FUNCTION pgdispatch._role_key() RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT pgdispatch._advisory_key((SELECT oid::bigint FROM pg_roles WHERE rolname = current_user))
+$$;
 
 ALTER TABLE pgdispatch.settings
   ADD COLUMN prune_interval interval NOT NULL DEFAULT '10 seconds' CHECK (prune_interval > '0'),
@@ -305,8 +329,8 @@ BEGIN
        AND NOT format('%s/%s/%s/%s', x.classid, x.objid, x.objsubid, x.mode) = ANY (keep)
        AND NOT (x.classid = 1885824110::oid AND x.objsubid = 2)
   LOOP
-    hi := pgdispatch._lock_key(l.classid::bigint);
-    lo := pgdispatch._lock_key(l.objid::bigint);
+    hi := pgdispatch._advisory_key(l.classid::bigint);
+    lo := pgdispatch._advisory_key(l.objid::bigint);
     -- once per time it was taken (a lock the job took at transaction level only is
     -- released by the batch's commit: its unlock returns false, with a WARNING)
     LOOP
@@ -600,7 +624,7 @@ BEGIN
          FOR UPDATE SKIP LOCKED
     LOOP
       claimed := claimed + 1;
-      k := pgdispatch._lock_key(j.id);
+      k := pgdispatch._advisory_key(j.id);
       -- (Per job, functions are called in assignments, not with PERFORM: a plain
       -- expression is evaluated without a query, at a fraction of PERFORM's cost.)
       -- running: until the batch commits (the jobs view) ...
@@ -2143,5 +2167,66 @@ BEGIN
   END LOOP;
 END
 $grants$;
+
+-- 0.1.0's pg_cron jobs become 0.2.0's: named pgdispatch:<slot> (0.1.0:
+-- pgdispatch:<role>:<slot>, which pg_cron 1.4 cut at 63 bytes), their commands carrying
+-- the role's oid (see repair_roles()), on 0.2.0's schedule: '1 seconds' from pg_cron 1.5,
+-- where 0.1.0 had '10 seconds', so that a 0.1.0 worker that stops at its next claim
+-- (above) was followed up to 10 s later. Every role's jobs when the upgrading role may
+-- change other roles' (as _manages_cron() asks of the owner, and UPDATE: the same jobs,
+-- changed in place), else the upgrading role's own (scheduled anew, as start() does).
+-- Other roles' jobs keep running 0.2.0's work() under their 0.1.0 names and schedule
+-- until the role's next start().
+DO $cron_jobs$
+DECLARE
+  r record;
+  sched text;
+  manages boolean;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extname = 'pg_cron')
+     OR NOT has_schema_privilege('cron', 'USAGE') THEN
+    RETURN;  -- pg_cron is not in this database: 0.1.0 scheduled no worker from here
+  END IF;
+  sched := pgdispatch._worker_schedule();
+  -- (the upgrading role's rights: it may be a superuser upgrading an owner's install)
+  manages := has_table_privilege('cron.job', 'UPDATE') AND has_table_privilege('cron.job', 'DELETE')
+             AND ((SELECT u.rolsuper OR u.rolbypassrls FROM pg_roles u WHERE u.rolname = current_user)
+                  OR pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = 'cron.job'::regclass),
+                                 'USAGE'));
+  FOR r IN
+    SELECT j.jobid, j.jobname, j.username, u.oid AS role_oid, s.slot,
+           format('%s /* role %s */',
+                  CASE WHEN s.slot = 'watchdog' THEN 'CALL pgdispatch.watchdog()'
+                       ELSE format('CALL pgdispatch.work(slot => %s)', s.slot) END,
+                  u.oid) AS command
+      FROM cron.job j
+      JOIN pg_roles u ON u.rolname = j.username
+     CROSS JOIN LATERAL (
+       SELECT CASE WHEN j.command = 'CALL pgdispatch.watchdog()' THEN 'watchdog'
+                   ELSE (regexp_match(j.command, '^CALL pgdispatch\.work\(slot => ([0-9]+)\)$'))[1]
+              END AS slot) s
+     WHERE j.jobname LIKE 'pgdispatch:%' AND j.database = current_database()
+       AND s.slot IS NOT NULL AND (manages OR j.username = current_user)
+     ORDER BY j.jobid
+  LOOP
+    IF manages THEN
+      IF EXISTS (SELECT 1 FROM cron.job k
+                  WHERE k.jobname = pgdispatch._job_name(r.slot) AND k.username = r.username
+                    AND k.jobid <> r.jobid) THEN
+        DELETE FROM cron.job k WHERE k.jobid = r.jobid;
+      ELSE
+        UPDATE cron.job k
+           SET jobname = pgdispatch._job_name(r.slot), command = r.command, schedule = sched
+         WHERE k.jobid = r.jobid;
+      END IF;
+    ELSE
+      PERFORM cron.schedule(pgdispatch._job_name(r.slot), sched, r.command);
+      PERFORM cron.unschedule(r.jobid);
+    END IF;
+    UPDATE pgdispatch.worker w SET schedule = sched
+     WHERE w.role_id = r.role_oid AND w.schedule IS DISTINCT FROM sched;
+  END LOOP;
+END
+$cron_jobs$;
 
 UPDATE pgdispatch.meta SET value = '0.2.0' WHERE key = 'version';

@@ -263,14 +263,18 @@ CREATE TRIGGER settings_restore BEFORE INSERT ON pgdispatch.settings
 
 -- Advisory lock namespace ('pgdp'): (1885824112, low 32 bits of job id) marks a running
 -- job; (1885824113 + slot, role oid) is a worker slot; slot 0 is the watchdog.
-CREATE FUNCTION pgdispatch._lock_key(id bigint) RETURNS integer
+-- (0.1.0 called it _lock_key: the upgrade renamed it, so that a worker still running
+-- 0.1.0's work() fails right after its next claim, before it runs a job. work() calls it
+-- after each claim, before each job's command: a later upgrade that running workers of
+-- this version could not follow stops them the same way, by renaming it.)
+CREATE FUNCTION pgdispatch._advisory_key(id bigint) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT ((id & 4294967295) - CASE WHEN (id & 4294967295) > 2147483647 THEN 4294967296 ELSE 0 END)::integer
 $$;
 
 CREATE FUNCTION pgdispatch._role_key() RETURNS integer
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT pgdispatch._lock_key((SELECT oid::bigint FROM pg_roles WHERE rolname = current_user))
+  SELECT pgdispatch._advisory_key((SELECT oid::bigint FROM pg_roles WHERE rolname = current_user))
 $$;
 
 -- Is the current role an administrator of pgdispatch (member of the schema owner)?
@@ -488,8 +492,8 @@ BEGIN
        AND NOT format('%s/%s/%s/%s', x.classid, x.objid, x.objsubid, x.mode) = ANY (keep)
        AND NOT (x.classid = 1885824110::oid AND x.objsubid = 2)
   LOOP
-    hi := pgdispatch._lock_key(l.classid::bigint);
-    lo := pgdispatch._lock_key(l.objid::bigint);
+    hi := pgdispatch._advisory_key(l.classid::bigint);
+    lo := pgdispatch._advisory_key(l.objid::bigint);
     -- once per time it was taken (a lock the job took at transaction level only is
     -- released by the batch's commit: its unlock returns false, with a WARNING)
     LOOP
@@ -1308,7 +1312,7 @@ BEGIN
          FOR UPDATE SKIP LOCKED
     LOOP
       claimed := claimed + 1;
-      k := pgdispatch._lock_key(j.id);
+      k := pgdispatch._advisory_key(j.id);
       -- (Per job, functions are called in assignments, not with PERFORM: a plain
       -- expression is evaluated without a query, at a fraction of PERFORM's cost.)
       -- running: until the batch commits (the jobs view) ...

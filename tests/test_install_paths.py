@@ -375,6 +375,22 @@ def test_pg_tle_install_oldest_upgrade_with_queued_jobs_uninstall(
 
 @pytest.mark.db
 @pytest.mark.timeout(900)
+def test_pg_tle_upgrade_under_a_stream_of_jobs(
+    tle_server: EphemeralPostgres, tle_admin: psycopg.Connection[Any], upgrade_under_load: Any
+) -> None:
+    """ALTER EXTENSION UPDATE by a pgtle_admin member (no superuser) while its worker of the
+    oldest version runs a batch and jobs flow: each runs once (tests/conftest.py)."""
+    assert install(tle_admin, version=OLDEST, via="pg_tle", workers=None) == OLDEST
+    tle_admin.commit()
+    dsn = tle_server.connect_dsn(user="tle_admin")
+    upgrade_under_load(lambda: psycopg.connect(dsn, autocommit=True),
+                       lambda: psycopg.connect(dsn, autocommit=True))
+    assert installed_via(tle_admin) == "pg_tle"
+    assert _extension(tle_admin) == ("pgdispatch", LATEST, "pgdispatch", "tle_admin")
+
+
+@pytest.mark.db
+@pytest.mark.timeout(900)
 def test_pg_tle_refusals(tle_server: EphemeralPostgres) -> None:
     with _superuser(tle_server) as su:
         su.execute("CREATE ROLE not_tle_admin LOGIN")
@@ -634,6 +650,24 @@ def test_native_extension_install_upgrade_uninstall(native_bin: Path) -> None:
                 install(conn, via="pg_tle")
             conn.rollback()
             _assert_gone(conn, server)
+
+
+@pytest.mark.db
+@pytest.mark.timeout(900)
+def test_native_extension_upgrade_under_a_stream_of_jobs(
+    native_bin: Path, upgrade_under_load: Any
+) -> None:
+    """ALTER EXTENSION UPDATE from the extension directory while a worker of the oldest
+    version runs a batch and jobs flow: each runs once (tests/conftest.py)."""
+    with EphemeralPostgres(pg_bin=native_bin) as server:
+        _create_owner(server, "app", pgtle_admin=False)
+        dsn = server.connect_dsn(user="app")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert install(conn, version=OLDEST, via="extension", workers=None) == OLDEST
+        upgrade_under_load(lambda: psycopg.connect(dsn, autocommit=True),
+                           lambda: psycopg.connect(dsn, autocommit=True))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert _extension(conn) == ("pgdispatch", LATEST, "pgdispatch", "app")
 
 
 # ----------------------------------------------------------------------------- backups

@@ -7,6 +7,7 @@ never see. Every test starts from a fresh install.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any
 
 import psycopg
@@ -121,6 +122,122 @@ def test_upgrade_with_queued_jobs_keeps_and_runs_them(rel: Any, fresh: Any) -> N
         assert conn.execute("SELECT array_agg(id ORDER BY id) FROM app.sink").fetchone() == (
             list(range(1, 21)),
         )
+
+
+def test_upgrade_under_a_stream_of_jobs_runs_each_once(
+    rel: Any, fresh: Any, upgrade_under_load: Any
+) -> None:
+    """Upgrading while jobs flow (tests/conftest.py, _upgrade_under_load): a worker of the
+    previous version mid-batch when the upgrade starts, dispatches going on during and
+    after it. Every job runs exactly once, none is left running, and the old worker runs
+    nothing once the new version is in. (0.1.0's work() ran a batch after the upgrade
+    committed, then failed on the pgdispatch._finish() 0.2.0 dropped: the batch rolled
+    back and ran again on a new worker: 601 executions of 600 jobs.)"""
+    versions = available_versions()
+    if len(versions) < 2:
+        pytest.skip(f"only one pgdispatch version ships ({versions}): no upgrade path to test")
+    with rel.connect(fresh) as su:
+        assert install(su, version=versions[-2], workers=0) == versions[-2]
+    role = rel.make_role(fresh, "upl")
+    upgrade_under_load(lambda: rel.connect(fresh, role), lambda: rel.connect(fresh))
+
+
+def _pgdispatch_cron_jobs(conn: Any) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(username, jobname) -> (jobid, schedule, command) of pgdispatch's pg_cron jobs."""
+    return {
+        (user, name): (jobid, schedule, command)
+        for jobid, user, name, schedule, command in conn.execute(
+            "SELECT jobid, username, jobname, schedule, command FROM cron.job"
+            " WHERE jobname LIKE 'pgdispatch:%'"
+        ).fetchall()
+    }
+
+
+def _upgraded_cron_jobs(conn: Any, role: str, slots: int) -> dict[tuple[str, str], tuple[str, str]]:
+    """What the new version's start() schedules for *role*: name -> (schedule, command)."""
+    oid = conn.execute("SELECT %s::regrole::oid", (role,)).fetchone()[0]
+    schedule = conn.execute("SELECT pgdispatch._worker_schedule()").fetchone()[0]
+    jobs = {
+        (role, f"pgdispatch:{slot}"): (
+            schedule, f"CALL pgdispatch.work(slot => {slot}) /* role {oid} */")
+        for slot in range(1, slots + 1)
+    }
+    jobs[(role, "pgdispatch:watchdog")] = (schedule, f"CALL pgdispatch.watchdog() /* role {oid} */")
+    return jobs
+
+
+def test_upgrade_moves_every_roles_pg_cron_jobs_to_the_new_names(rel: Any, fresh: Any) -> None:
+    """Upgraded by a superuser, the workers the previous version scheduled (pgdispatch:<role>:
+    <slot>, every 10 seconds from pg_cron 1.5) are the same pg_cron jobs afterwards, with the
+    names, commands and schedule the new version's start() gives them (every second from
+    pg_cron 1.5: a worker of the previous version that stops after the upgrade is followed
+    within a second)."""
+    versions = available_versions()
+    if len(versions) < 2:
+        pytest.skip(f"only one pgdispatch version ships ({versions}): no upgrade path to test")
+    with rel.connect(fresh) as su:
+        assert install(su, version=versions[-2], workers=0) == versions[-2]
+    roles = {rel.make_role(fresh, "upc"): 1, rel.make_role(fresh, "upc"): 2}
+    for role, slots in roles.items():
+        with rel.connect(fresh, role) as conn:
+            conn.execute("SELECT pgdispatch.start(%s)", (slots,))
+    with rel.connect(fresh) as su:
+        before = _pgdispatch_cron_jobs(su)
+        assert {name for _, name in before} >= {f"pgdispatch:{role}:1" for role in roles}
+        assert upgrade(su) == latest_version()
+        after = _pgdispatch_cron_jobs(su)
+        expected: dict[tuple[str, str], tuple[str, str]] = {}
+        for role, slots in roles.items():
+            expected |= _upgraded_cron_jobs(su, role, slots)
+        assert {k: v[1:] for k, v in after.items()} == expected
+        assert sorted(v[0] for v in after.values()) == sorted(v[0] for v in before.values())
+    for role in roles:
+        with rel.connect(fresh, role) as conn:
+            conn.execute("SELECT pgdispatch.start()")  # nothing left to change
+        with rel.connect(fresh) as su:
+            now = _pgdispatch_cron_jobs(su)
+            assert {k: v for k, v in now.items() if k[0] == role} == {
+                k: v for k, v in after.items() if k[0] == role}
+        with rel.connect(fresh, role) as conn:
+            conn.execute("SELECT pgdispatch.stop()")
+
+
+def test_upgrade_by_a_plain_owner_moves_its_own_pg_cron_jobs(rel: Any, fresh: Any) -> None:
+    """Upgraded by an owner that may not change other roles' pg_cron jobs: its own workers
+    get the new names, other roles' keep theirs (running the new work()) until their
+    start()."""
+    versions = available_versions()
+    if len(versions) < 2:
+        pytest.skip(f"only one pgdispatch version ships ({versions}): no upgrade path to test")
+    owner = f"own_{uuid.uuid4().hex[:6]}"
+    with rel.connect(fresh) as su:
+        su.execute(f"CREATE ROLE {owner} LOGIN; GRANT USAGE ON SCHEMA cron TO {owner};"
+                   f' GRANT CREATE ON DATABASE "{fresh.dbname}" TO {owner}')
+    with rel.connect(fresh, owner) as conn:
+        assert install(conn, version=versions[-2], workers=1) == versions[-2]
+    other = rel.make_role(fresh, "upo")
+    with rel.connect(fresh, owner) as conn:
+        conn.execute("SELECT pgdispatch.grant_usage(%s)", (other,))
+    with rel.connect(fresh, other) as conn:
+        conn.execute("SELECT pgdispatch.start(1)")
+    with rel.connect(fresh) as su:
+        before = _pgdispatch_cron_jobs(su)
+    with rel.connect(fresh, owner) as conn:
+        assert upgrade(conn) == latest_version()
+    with rel.connect(fresh) as su:
+        after = _pgdispatch_cron_jobs(su)
+        assert {k: v[1:] for k, v in after.items() if k[0] == owner} == _upgraded_cron_jobs(
+            su, owner, 1)
+        assert {k: v for k, v in after.items() if k[0] == other} == {
+            k: v for k, v in before.items() if k[0] == other}
+    with rel.connect(fresh, other) as conn:
+        conn.execute("SELECT pgdispatch.start()")
+    with rel.connect(fresh) as su:
+        assert {k: v[1:] for k, v in _pgdispatch_cron_jobs(su).items() if k[0] == other} == (
+            _upgraded_cron_jobs(su, other, 1))
+    for role in (owner, other):
+        with rel.connect(fresh, role) as conn:
+            conn.execute("SELECT pgdispatch.stop()")
 
 
 def test_uninstall_refuses_while_jobs_are_queued(rel: Any, fresh: Any) -> None:
