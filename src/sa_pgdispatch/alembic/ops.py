@@ -47,6 +47,7 @@ from .trigger_ops import (
     ReplaceDispatchTriggerOp,
     TriggerDefinition,
 )
+from .trigger_ops import Definition as Definition  # a type alias the docs name
 
 __all__ = [
     "CRON_URL_ATTRIBUTE",
