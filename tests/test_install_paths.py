@@ -39,10 +39,10 @@ from alembic.runtime.migration import MigrationContext
 
 from sa_pgdispatch import cli
 from sa_pgdispatch._resources import sql_dir
+from sa_pgdispatch._scripts import dollar_quoted as _dollar_quoted
 from sa_pgdispatch.install import (
     VIAS,
     InstallError,
-    _dollar_quoted,
     available_versions,
     install,
     install_sql,

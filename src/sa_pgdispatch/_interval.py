@@ -19,6 +19,13 @@ before the DDL runs. Text PostgreSQL rejects whatever its version raises
 
 Intervals compare as PostgreSQL compares them (``interval_cmp_value``): a month is 30
 days, a day 24 hours.
+
+Why this module is over 500 lines: it is one port of one family of C routines
+(``ParseDateTime``, ``DecodeInterval``, ``DecodeISO8601Interval`` of PostgreSQL's
+``datetime.c``), kept in their order so that it can be read against them. The two
+decoders share the accumulator (:class:`_Acc`), its range checks and the fraction
+adjusters (``AdjustFract*``); split in two, each would import the other's internals.
+:func:`format_timedelta`, the writer, is the dozen lines at the top.
 """
 
 from __future__ import annotations

@@ -78,14 +78,6 @@ class DemoResult:
         )
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-
-    def __call__(self) -> float:
-        return time.monotonic() - self.t0
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -93,10 +85,10 @@ def _ms(seconds: float) -> str:
 class _Reporter:
     def __init__(self, out: Output) -> None:
         self.out = out
-        self.clock = _Clock()
+        self.t0 = time.monotonic()
 
     def step(self, text: str) -> None:
-        stamp = f"[{self.clock():5.1f}s]"
+        stamp = f"[{time.monotonic() - self.t0:5.1f}s]"
         if self.out.rich:
             self.out.console.print(f"[dim]{stamp}[/dim] {text}", highlight=False)
         else:
@@ -499,5 +491,3 @@ def _summary(report: _Reporter, r: DemoResult) -> None:
         report.step("[green]all side effects present[/green]")
     else:
         report.step("[red]some side effects are missing[/red]")
-
-

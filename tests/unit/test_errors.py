@@ -32,7 +32,7 @@ INTERNAL = {
 # sa_pgdispatch.errors does not import Alembic.
 # (they derive from Alembic's CommandError: errors.py does not import Alembic)
 OUTSIDE_ERRORS = {
-    "sa_pgdispatch.alembic.ops.PgdispatchMigrationError",
+    "sa_pgdispatch.alembic.install_ops.PgdispatchMigrationError",
     "sa_pgdispatch.alembic.template.TemplateError",
 }
 

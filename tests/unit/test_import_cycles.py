@@ -1,4 +1,6 @@
-"""No import cycles between the modules of sa_pgdispatch.
+"""No import cycles between the modules of sa_pgdispatch; and the rest of the layout
+rules: no module over 500 lines without saying why at its top, no module using another
+module's private (``_name``) names.
 
 The graph is read from the source with ast: every import, at any level (inside
 functions too: a deferred import that closes a cycle is still a cycle, only one that
@@ -12,6 +14,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 import sa_pgdispatch
 
@@ -49,6 +53,17 @@ def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
         yield from _imports(child)
 
 
+def _origin(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """The module ``from ... import`` imports from (relative imports resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    if node.module:
+        base += node.module.split(".")
+    return ".".join(base)
+
+
 def _targets(
     module: str, is_package: bool, node: ast.Import | ast.ImportFrom, known: set[str]
 ) -> Iterator[str]:
@@ -58,14 +73,7 @@ def _targets(
             if alias.name in known:
                 yield alias.name
         return
-    if node.level:
-        base = module.split(".") if is_package else module.split(".")[:-1]
-        base = base[: len(base) - (node.level - 1)]
-        if node.module:
-            base += node.module.split(".")
-        origin = ".".join(base)
-    else:
-        origin = node.module or ""
+    origin = _origin(module, is_package, node)
     if origin not in known:
         return
     submodules = [f"{origin}.{alias.name}" for alias in node.names]
@@ -154,3 +162,95 @@ def test_no_import_cycles() -> None:
 def test_a_cycle_is_found() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c", "a"]]
+
+
+# ---------------------------------------------------------------------------------------
+# the other layout rules
+
+MAX_LINES = 500
+#: What a module over MAX_LINES lines says in its docstring, followed by why.
+REASON = "over 500 lines"
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses() -> list[str]:
+    """``module: other._name`` for each private name of another module of the package
+    that a module imports (``from other import _name``) or reads (``other._name``, with
+    ``other`` a module it imported)."""
+    sources = _sources()
+    known = set(sources)
+    found = []
+    for module, path in sources.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        modules: dict[str, str] = {}  # local name -> module of the package
+        for node in _imports(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname and alias.name in known:
+                        modules[alias.asname] = alias.name
+                continue
+            origin = _origin(module, is_package, node)
+            if origin not in known:
+                continue
+            for alias in node.names:
+                if f"{origin}.{alias.name}" in known:
+                    modules[alias.asname or alias.name] = f"{origin}.{alias.name}"
+                elif _is_private(alias.name) and origin != module:
+                    found.append(f"{module}: {origin}.{alias.name}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and _is_private(node.attr)
+            ):
+                found.append(f"{module}: {modules[node.value.id]}.{node.attr}")
+    return sorted(set(found))
+
+
+def long_modules_without_a_reason() -> list[str]:
+    """``module (lines)`` for each module over MAX_LINES lines whose docstring does not
+    say why it is (the words of REASON)."""
+    found = []
+    for module, path in _sources().items():
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines <= MAX_LINES:
+            continue
+        doc = " ".join((ast.get_docstring(ast.parse(text)) or "").split())
+        if REASON not in doc:
+            found.append(f"{module} ({lines})")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    assert private_uses() == []
+
+
+def test_modules_over_500_lines_say_why_at_their_top() -> None:
+    assert long_modules_without_a_reason() == []
+
+
+def test_the_layout_checks_see_what_they_look_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("_secret = 1\n")
+    (package / "b.py").write_text("from .a import _secret\n")
+    (package / "c.py").write_text("from . import a\nX = a._secret\n")
+    (package / "long.py").write_text('"""Long."""\n' + "x = 1\n" * MAX_LINES)
+    (package / "said.py").write_text(
+        '"""Long: why it is over 500\nlines: one thing."""\n' + "x = 1\n" * MAX_LINES
+    )
+    monkeypatch.setitem(globals(), "ROOT", package)
+    assert private_uses() == [
+        f"{PACKAGE}.b: {PACKAGE}.a._secret",
+        f"{PACKAGE}.c: {PACKAGE}.a._secret",
+    ]
+    assert long_modules_without_a_reason() == [f"{PACKAGE}.long ({MAX_LINES + 1})"]

@@ -49,6 +49,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from sqlalchemy import exc as sa_exc
 
+from ..errors import DispatchTriggerOpError
 from ..install import installed_version
 from ..triggers import (
     INFO_KEY,
@@ -61,15 +62,8 @@ from ..triggers import (
     dispatch_triggers,
     reflect_dispatch_triggers,
 )
-from .ops import (
-    CreateDispatchTriggerOp,
-    DispatchTriggerOpError,
-    DropDispatchTriggerOp,
-    InstallPgdispatchOp,
-    ReplaceDispatchTriggerOp,
-    UninstallPgdispatchOp,
-    UpgradePgdispatchOp,
-)
+from .install_ops import InstallPgdispatchOp, UninstallPgdispatchOp, UpgradePgdispatchOp
+from .trigger_ops import CreateDispatchTriggerOp, DropDispatchTriggerOp, ReplaceDispatchTriggerOp
 
 __all__ = ["OBJECT_TYPE", "compare_dispatch_triggers"]
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 from .._resources import template_dir
 from ..errors import PgDispatchError
 from ..urls import UrlError, normalize_url
-from .ops import FORCE_UNINSTALL_OPTION, InstallPgdispatchOp
+from .install_ops import FORCE_UNINSTALL_OPTION, InstallPgdispatchOp
 
 __all__ = [
     "FORCE_UNINSTALL_OPTION",

@@ -20,8 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sa_pgdispatch.testing.connect import ConninfoMixin
 from sa_pgdispatch.testing.errors import BackendUnavailable, HarnessError
-from sa_pgdispatch.testing.server import ConninfoMixin, check_pg_cron
+from sa_pgdispatch.testing.pg_cron import check_pg_cron
 
 __all__ = ["DEFAULT_IMAGE", "ENV_TEST_IMAGE", "DockerPostgres", "docker_engine_status"]
 
@@ -80,7 +81,7 @@ def _postgres_container_class() -> Any:
 class DockerPostgres(ConninfoMixin):
     """PostgreSQL with pg_cron in a Docker container; ``start()``/``cleanup()``.
 
-    Exposes the same attributes as the other backends (:class:`~.server.PgServer`).
+    Exposes the same attributes as the other backends (:class:`~.connect.PgServer`).
     The server cannot be stopped and started again; use the ephemeral backend for
     lifecycle tests.
     """

@@ -6,8 +6,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from sa_pgdispatch.testing.connect import PgServer
+from sa_pgdispatch.testing.ephemeral import EphemeralPostgres
 from sa_pgdispatch.testing.errors import HarnessError
-from sa_pgdispatch.testing.server import ENV_TEST_DSN, EphemeralPostgres, PgServer, server_from_env
+from sa_pgdispatch.testing.existing import ENV_TEST_DSN, server_from_env
 
 __all__ = ["BACKENDS", "ENV_TEST_BACKEND", "provision_server", "resolve_backend"]
 

@@ -25,14 +25,15 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine
 
 from sa_pgdispatch.testing.binaries import find_postgres_bin, pg_cron_default_version, pg_major
+from sa_pgdispatch.testing.connect import PgServer
 from sa_pgdispatch.testing.errors import BackendUnavailable, HarnessError
 from sa_pgdispatch.testing.fixtures import (  # re-exported: the plugin provides them
     pgdispatch_db,
     pgdispatch_drain,
     pgdispatch_role,
 )
+from sa_pgdispatch.testing.pg_cron import resolve_cron_mode
 from sa_pgdispatch.testing.provision import BACKENDS, provision_server, resolve_backend
-from sa_pgdispatch.testing.server import PgServer, resolve_cron_mode
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
