@@ -1042,6 +1042,7 @@ DECLARE
   sched text;
   jid bigint;
   former name;
+  resume_at timestamptz;
 BEGIN
   info := pgdispatch.cron_info();
   IF info.version IS NULL THEN
@@ -1060,6 +1061,15 @@ BEGIN
     PERFORM pgdispatch._check_worker_budget(n);
   END IF;
   sched := pgdispatch._worker_schedule();
+  -- Right after stop(): pg_cron ends the stopped workers once it sees their jobs gone,
+  -- within about a second of stop()'s commit, and may start another run of them before.
+  -- One that found its role's workers enabled again would start a batch that pg_cron then
+  -- ends (its jobs queued again as if never run): wait until 2 s after the stop.
+  SELECT w.updated_at + interval '2 seconds' INTO resume_at FROM pgdispatch.worker w
+   WHERE w.role_id = to_regrole(quote_ident(current_user)) AND NOT w.enabled;
+  IF resume_at > clock_timestamp() THEN
+    PERFORM pg_sleep(extract(epoch FROM resume_at - clock_timestamp()));
+  END IF;
   -- Scheduling makes pg_cron reload its jobs, and one job of a role that no longer exists
   -- by its name stops pg_cron's launcher: fix those first (when pgdispatch's owner may)
   PERFORM pgdispatch.repair_roles();
@@ -2097,7 +2107,8 @@ END
 $$;
 
 -- revoke_usage() also stops the role's workers: a worker that lost its privileges fails
--- at every pg_cron run. Its worker row goes (running workers exit within about a second)
+-- at every pg_cron run. The jobs they run finish first (up to a minute, as stop()); its
+-- worker row goes (the workers end at their next batch)
 -- and its pg_cron jobs are unscheduled when the caller may (the role itself, a superuser,
 -- or an owner that _manages_cron()); otherwise a WARNING gives the statement to run.
 -- Its queued jobs stay queued (they run again if usage is granted again).
@@ -2112,6 +2123,8 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'pgdispatch: role % does not exist', role_name USING ERRCODE = 'undefined_object';
   END IF;
+  -- the jobs its workers run finish first, as with stop()
+  PERFORM pgdispatch._stop_gate(rid, '1 minute');
   DELETE FROM pgdispatch.worker w WHERE w.role_id = rid AND w.enabled RETURNING true INTO had_workers;
   DELETE FROM pgdispatch.worker w WHERE w.role_id = rid;
   IF to_regclass('cron.job') IS NOT NULL THEN
