@@ -1379,9 +1379,10 @@ BEGIN
     -- one batch: claim, run, record, commit
     IF slot > 0 THEN
       -- stop() (_stop_gate()): the batch holds its role's gate, shared, until it commits. A
-      -- worker that cannot take it, or whose role's workers were stopped, ends here.
+      -- worker that cannot take it, or a scheduled one whose role's workers were stopped,
+      -- ends here.
       EXIT WHEN NOT pg_try_advisory_xact_lock_shared(1885824130, role_key)
-             OR (max_runtime IS NULL
+             OR (max_runtime IS NULL AND NOT drain
                  AND (SELECT w.enabled FROM pgdispatch.worker w WHERE w.role_id = me_id)
                      IS DISTINCT FROM true);
       -- Timeouts are the role's watchdog's: jobs with one start only while it runs (holds
