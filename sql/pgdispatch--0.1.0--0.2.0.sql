@@ -313,7 +313,8 @@ $$;
 -- Release the session-level advisory locks of this backend that are not in keep (entries
 -- 'classid/objid/objsubid/mode' of pg_locks): what a job took, when work() drains in a
 -- session that held advisory locks of its own (the common case is pg_advisory_unlock_all()).
--- The running-job locks of the batch (classid 1885824110) are transaction-level and left.
+-- The running-job locks of the batch (classid 1885824110) and its hold on stop()'s gate
+-- (classid 1885824130) are transaction-level and left.
 CREATE FUNCTION pgdispatch._release_advisory_locks(keep text[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -327,7 +328,7 @@ BEGIN
      WHERE x.locktype = 'advisory' AND x.pid = pg_backend_pid() AND x.granted
        AND x.objsubid IN (1, 2)
        AND NOT format('%s/%s/%s/%s', x.classid, x.objid, x.objsubid, x.mode) = ANY (keep)
-       AND NOT (x.classid = 1885824110::oid AND x.objsubid = 2)
+       AND NOT (x.classid IN (1885824110::oid, 1885824130::oid) AND x.objsubid = 2)
   LOOP
     hi := pgdispatch._advisory_key(l.classid::bigint);
     lo := pgdispatch._advisory_key(l.objid::bigint);
@@ -525,6 +526,7 @@ DECLARE
   wrapped text;                   -- capture: the command wrapped to return its rows
   done boolean;                   -- (results of functions called for their effect)
   capturable boolean;
+  watched boolean := true;        -- the role's watchdog runs: jobs with a timeout may start
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -594,6 +596,21 @@ BEGIN
   LOOP
    IF must_claim THEN
     -- one batch: claim, run, record, commit
+    IF slot > 0 THEN
+      -- stop() (_stop_gate()): the batch holds its role's gate, shared, until it commits. A
+      -- worker that cannot take it, or a scheduled one whose role's workers were stopped,
+      -- ends here.
+      EXIT WHEN NOT pg_try_advisory_xact_lock_shared(1885824130, role_key)
+             OR (max_runtime IS NULL AND NOT drain
+                 AND (SELECT w.enabled FROM pgdispatch.worker w WHERE w.role_id = me_id)
+                     IS DISTINCT FROM true);
+      -- Timeouts are the role's watchdog's: jobs with one start only while it runs (holds
+      -- its lock, looked at here shared for a moment) and wait queued otherwise.
+      watched := NOT pg_try_advisory_lock_shared(1885824113, role_key);
+      IF NOT watched THEN
+        done := pg_advisory_unlock_shared(1885824113, role_key);
+      END IF;
+    END IF;
     claimed := 0;
     batch_limit := least(cfg.batch_size, max_jobs - attempted);
     o_ids := '{}'; o_ctids := '{}'; o_states := '{}'; o_started := '{}'; o_finished := '{}';
@@ -618,7 +635,7 @@ BEGIN
     END IF;
     FOR j IN
       SELECT q.ctid AS row_ctid, q.* FROM pgdispatch.job q
-       WHERE q.role_id = me_id AND q.run_at <= t_now
+       WHERE q.role_id = me_id AND q.run_at <= t_now AND (watched OR q.timeout IS NULL)
        ORDER BY q.priority DESC, q.run_at, q.id
        LIMIT 60
          FOR UPDATE SKIP LOCKED
@@ -1061,13 +1078,18 @@ DECLARE
   lock_since double precision[];  -- xact_start of each lock holder (epoch)
   running text[];                 -- ids of the jobs seen running in this poll
   candidates bigint[];
+  timed boolean := false;         -- jobs with a timeout run
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.watchdog() must run as the session''s login role'
       USING ERRCODE = 'insufficient_privilege';
   END IF;
   IF NOT pg_try_advisory_lock(1885824113, pgdispatch._role_key()) THEN
-    RETURN;
+    -- (workers look at this lock, shared, for a moment before each batch)
+    PERFORM pg_sleep(0.01);
+    IF NOT pg_try_advisory_lock(1885824113, pgdispatch._role_key()) THEN
+      RETURN;
+    END IF;
   END IF;
   PERFORM set_config('application_name', 'pgdispatch watchdog', false);
   -- no plan of the watchdog's may scan the queue, however small it was when planned
@@ -1083,9 +1105,12 @@ BEGIN
     deadline := t_start + cfg.worker_runtime;
   END IF;
   COMMIT;
-  WHILE clock_timestamp() < deadline LOOP
+  -- Past its deadline it stays while jobs with a timeout run: nothing else enforces their
+  -- timeouts, and a successor may find no free pg_cron slot.
+  WHILE clock_timestamp() < deadline OR timed LOOP
     now_s := extract(epoch FROM clock_timestamp());
     busy := false;
+    timed := false;
     running := '{}';
     -- the role's executing jobs: (backend, low 32 bits of the job id) from the locks,
     -- then the jobs by primary key (an index probe per high word the id sequence has
@@ -1116,6 +1141,7 @@ BEGIN
     LOOP
       CONTINUE WHEN r.role_id <> me_id;
       busy := true;
+      timed := timed OR r.timeout IS NOT NULL;
       running := running || r.id::text;
       IF NOT seen ? r.id::text THEN
         -- When did it start? Not before its worker's transaction, and no later than
@@ -1471,11 +1497,14 @@ $$;
 -- of them that run pgdispatch, and free is what is left; max_running_jobs is pg_cron's
 -- own limit. Each is NULL when it cannot be known: other sessions' backend types are
 -- visible to superusers and members of pg_read_all_stats only, and pg_cron's settings to
--- superusers and pg_read_all_settings. (Counts only: it runs as pgdispatch's owner, so
--- that an owner who may see them answers for every role.)
+-- superusers and pg_read_all_settings. scheduled counts the workers and watchdogs that
+-- pg_cron has scheduled, every role's: all of pg_cron's when pgdispatch's owner may see
+-- every role's pg_cron jobs (_manages_cron()), else those of this database's roles that
+-- start() scheduled. (Counts only: it runs as pgdispatch's owner, so that an owner who may
+-- see them answers for every role.)
 CREATE FUNCTION pgdispatch.worker_budget(
   OUT max_worker_processes integer, OUT used integer, OUT free integer,
-  OUT pgdispatch_workers integer, OUT max_running_jobs integer)
+  OUT pgdispatch_workers integer, OUT max_running_jobs integer, OUT scheduled integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   max_worker_processes := current_setting('max_worker_processes')::integer;
@@ -1497,49 +1526,78 @@ BEGIN
   EXCEPTION WHEN insufficient_privilege THEN
     max_running_jobs := NULL;
   END;
+  IF pgdispatch._manages_cron() THEN
+    SELECT count(*) INTO scheduled FROM cron.job j
+     WHERE j.jobname LIKE 'pgdispatch:%' AND j.command LIKE 'CALL pgdispatch.%' AND j.active;
+  ELSE
+    SELECT coalesce(sum(w.workers + 1), 0) INTO scheduled FROM pgdispatch.worker w
+     WHERE w.enabled AND w.schedule IS NOT NULL;
+  END IF;
 END
 $$;
 
--- Refuse to start workers that could not run: in background-worker mode each of the
--- role's n workers and its watchdog needs a background worker for as long as it lives.
--- Workers of the role that run already are replaced, not added.
+-- Refuse to start workers that could not all run at once: in background-worker mode each
+-- of the role's n workers and its watchdog holds a background worker and one of pg_cron's
+-- cron.max_running_jobs for as long as it lives, beside the workers and watchdogs pg_cron
+-- has scheduled for other roles (worker_budget().scheduled: scheduled, not running now,
+-- which dips while workers hand over). The role's own scheduled workers are replaced, not
+-- added. Over-subscribed, pg_cron starts some of them only when others end (a role went
+-- without workers for a minute, or without its watchdog).
 CREATE FUNCTION pgdispatch._check_worker_budget(n integer) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
   b record;
   mine integer;
-  needed integer;
-  cron_running integer;
+  others integer;
+  avail integer;
+  cron_limit integer;
 BEGIN
   b := pgdispatch.worker_budget();
-  SELECT count(*) INTO mine FROM pg_stat_activity a
-   WHERE a.backend_type = 'pg_cron' AND a.usename = current_user
-     AND a.datname = current_database() AND a.query LIKE 'CALL pgdispatch.%';
-  needed := n + 1 - mine;
+  IF pgdispatch._manages_cron() THEN
+    SELECT count(*) INTO mine FROM cron.job j
+     WHERE j.username = current_user AND j.database = current_database()
+       AND j.jobname LIKE 'pgdispatch:%' AND j.command LIKE 'CALL pgdispatch.%' AND j.active;
+  ELSE
+    SELECT coalesce(sum(w.workers + 1), 0) INTO mine FROM pgdispatch.worker w
+     WHERE w.role_id = to_regrole(quote_ident(current_user)) AND w.enabled
+       AND w.schedule IS NOT NULL;
+  END IF;
+  others := greatest(b.scheduled - mine, 0);
   IF b.free IS NULL THEN
     RAISE NOTICE 'pgdispatch: cannot check that % worker(s) and a watchdog fit in '
                  'max_worker_processes = %: other sessions'' backend types are hidden from %',
                  n, b.max_worker_processes, (SELECT nspowner::regrole FROM pg_namespace
                                              WHERE nspname = 'pgdispatch')
       USING HINT = 'GRANT pg_read_all_stats to pgdispatch''s owner for this check.';
-  ELSIF needed > b.free THEN
-    RAISE EXCEPTION 'pgdispatch: % more background worker(s) needed for % worker(s) and a '
-                    'watchdog of role %, but only % of max_worker_processes = % are free',
-      needed, n, current_user, b.free, b.max_worker_processes
-      USING ERRCODE = 'configuration_limit_exceeded',
-            HINT = 'pg_cron runs in background-worker mode (cron.use_background_workers = on), '
-                   'where every long-lived pgdispatch worker and watchdog holds a background '
-                   'worker. Raise max_worker_processes (a restart; leave room for parallel query '
-                   'and logical replication), start fewer workers, or stop another role''s '
-                   'workers. See docs/operations.md#background-worker-mode.';
+  ELSE
+    -- what other background workers (pg_cron's launcher, logical replication, parallel
+    -- query) leave, less what the other roles' scheduled workers hold
+    avail := b.max_worker_processes - (b.used - b.pgdispatch_workers) - others;
+    IF n + 1 > avail THEN
+      RAISE EXCEPTION 'pgdispatch: % more background worker(s) needed for % worker(s) and a '
+                      'watchdog of role %, but only % of max_worker_processes = % are free '
+                      '(% are other roles'' scheduled pgdispatch workers)',
+        n + 1, n, current_user, greatest(avail, 0), b.max_worker_processes, others
+        USING ERRCODE = 'configuration_limit_exceeded',
+              HINT = 'pg_cron runs in background-worker mode (cron.use_background_workers = on), '
+                     'where every long-lived pgdispatch worker and watchdog holds a background '
+                     'worker. Raise max_worker_processes (a restart; leave room for parallel query '
+                     'and logical replication), start fewer workers, or stop another role''s '
+                     'workers. See docs/operations.md#background-worker-mode.';
+    END IF;
   END IF;
-  SELECT count(*) INTO cron_running FROM pg_stat_activity a WHERE a.backend_type = 'pg_cron';
-  IF b.max_running_jobs IS NOT NULL AND cron_running - mine + n + 1 > b.max_running_jobs THEN
+  -- pg_cron runs at most cron.max_running_jobs jobs at once, and no more than
+  -- max_worker_processes - 1 in this mode
+  cron_limit := least(b.max_running_jobs, b.max_worker_processes - 1);
+  IF cron_limit IS NOT NULL AND others + n + 1 > cron_limit THEN
     RAISE EXCEPTION 'pgdispatch: % worker(s) and a watchdog of role % would exceed '
-                    'cron.max_running_jobs = % (% pg_cron jobs run now)',
-      n, current_user, b.max_running_jobs, cron_running
+                    'cron.max_running_jobs = % (pg_cron has % other pgdispatch worker(s) and '
+                    'watchdog(s) scheduled)',
+      n, current_user, cron_limit, others
       USING ERRCODE = 'configuration_limit_exceeded',
-            HINT = 'Raise cron.max_running_jobs (a restart), or start fewer workers.';
+            HINT = 'Raise cron.max_running_jobs (and max_worker_processes, which caps it; a '
+                   'restart), start fewer workers, or stop another role''s workers. See '
+                   'docs/operations.md#background-worker-mode.';
   END IF;
 END
 $$;
@@ -1557,6 +1615,7 @@ DECLARE
   sched text;
   jid bigint;
   former name;
+  resume_at timestamptz;
 BEGIN
   info := pgdispatch.cron_info();
   IF info.version IS NULL THEN
@@ -1575,6 +1634,15 @@ BEGIN
     PERFORM pgdispatch._check_worker_budget(n);
   END IF;
   sched := pgdispatch._worker_schedule();
+  -- Right after stop(): pg_cron ends the stopped workers once it sees their jobs gone,
+  -- within about a second of stop()'s commit, and may start another run of them before.
+  -- One that found its role's workers enabled again would start a batch that pg_cron then
+  -- ends (its jobs queued again as if never run): wait until 2 s after the stop.
+  SELECT w.updated_at + interval '2 seconds' INTO resume_at FROM pgdispatch.worker w
+   WHERE w.role_id = to_regrole(quote_ident(current_user)) AND NOT w.enabled;
+  IF resume_at > clock_timestamp() THEN
+    PERFORM pg_sleep(extract(epoch FROM resume_at - clock_timestamp()));
+  END IF;
   -- Scheduling makes pg_cron reload its jobs, and one job of a role that no longer exists
   -- by its name stops pg_cron's launcher: fix those first (when pgdispatch's owner may)
   PERFORM pgdispatch.repair_roles();
@@ -1615,9 +1683,58 @@ BEGIN
 END
 $$;
 
--- Unschedule the calling role's workers; running ones finish their batch and exit within
--- about a second. Dispatching keeps queueing jobs; start() resumes.
-CREATE OR REPLACE FUNCTION pgdispatch.stop() RETURNS void
+-- stop()'s gate, one per role: advisory lock (1885824130, role oid). A scheduled worker
+-- holds it shared for each batch, from before its claim until the batch commits, and ends
+-- when it cannot take it. Taking it exclusively waits for the batches in flight (their
+-- jobs finish and their outcomes commit), and from then until the caller's transaction
+-- ends no worker of the role starts another; an idle worker holds nothing that pg_cron's
+-- ending it could lose. wait bounds the wait (NULL: as long as it takes; 0: not at all);
+-- after it, lock_not_available and nothing stopped. (A lock wait: the deadlock detector
+-- sees a job that waits for a lock of the stopping transaction.)
+CREATE FUNCTION pgdispatch._stop_gate(target regrole, wait interval) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  saved text := current_setting('lock_timeout');
+  key integer := pgdispatch._advisory_key(target::oid::bigint);
+  running text;
+BEGIN
+  IF wait <= '0' THEN
+    IF pg_try_advisory_xact_lock(1885824130, key) THEN
+      RETURN;
+    END IF;
+  ELSE
+    PERFORM set_config('lock_timeout',
+                       CASE WHEN wait IS NULL THEN '0'  -- (no timeout)
+                            ELSE greatest(1, ceil(extract(epoch FROM wait) * 1000))::bigint::text
+                       END, true);
+    BEGIN
+      PERFORM pg_advisory_xact_lock(1885824130, key);
+      PERFORM set_config('lock_timeout', saved, true);
+      RETURN;
+    EXCEPTION WHEN lock_not_available THEN
+      PERFORM set_config('lock_timeout', saved, true);
+    END;
+  END IF;
+  SELECT string_agg(j.id::text, ', ' ORDER BY j.id) INTO running
+    FROM pgdispatch.jobs j
+   WHERE j.state = 'running' AND j.role = (SELECT r.rolname FROM pg_roles r WHERE r.oid = target);
+  RAISE EXCEPTION 'pgdispatch: the workers of role % still run job(s) % after %: stopping '
+                  'lets running jobs finish', target, coalesce(running, '(unknown)'), wait
+    USING ERRCODE = 'lock_not_available',
+          HINT = 'Nothing was stopped. Wait longer (pgdispatch.stop(wait => ''10 minutes''), '
+                 'NULL: as long as it takes), or cancel those jobs first (pgdispatch.cancel(id): '
+                 'they end as cancelled). The stopping transaction must not hold locks those '
+                 'jobs wait for. See docs/operations.md#stopping-workers.';
+END
+$$;
+
+-- Stop the calling role's workers: wait (up to wait; NULL: as long as it takes) for the
+-- jobs they run to finish and their outcomes to commit, keep them from starting others
+-- (_stop_gate()), and unschedule them; pg_cron ends the idle ones, the others end at their
+-- next batch. After wait with jobs still running: lock_not_available, nothing stopped.
+-- Dispatching keeps queueing jobs; start() resumes. docs/operations.md#stopping-workers
+DROP FUNCTION pgdispatch.stop();
+CREATE FUNCTION pgdispatch.stop(wait interval DEFAULT '1 minute') RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   info record;
@@ -1627,6 +1744,7 @@ BEGIN
   IF info.version IS NULL THEN
     PERFORM pgdispatch._raise_cron_elsewhere(info.database_name, 'stop');
   END IF;
+  PERFORM pgdispatch._stop_gate(to_regrole(quote_ident(current_user)), wait);
   INSERT INTO pgdispatch.worker AS w (workers, enabled)
   VALUES ((SELECT default_workers FROM pgdispatch.settings), false)
   ON CONFLICT (role_id) DO UPDATE SET enabled = false, updated_at = clock_timestamp();
@@ -1711,6 +1829,11 @@ BEGIN
       USING ERRCODE = 'feature_not_supported';
   END IF;
   IF action = 'stop' OR action = 'uninstall' THEN
+    IF action = 'stop' THEN
+      -- running jobs finish first (as in stop()); from this commit on, the workers end at
+      -- their next batch, before the statements unschedule them
+      PERFORM pgdispatch._stop_gate(to_regrole(quote_ident(current_user)), '1 minute');
+    END IF;
     INSERT INTO pgdispatch.worker AS w (workers, enabled)
     VALUES ((SELECT default_workers FROM pgdispatch.settings), false)
     ON CONFLICT (role_id) DO UPDATE SET enabled = false, updated_at = clock_timestamp();
@@ -2072,7 +2195,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- revoke_usage() also stops the role's workers: a worker that lost its privileges fails
--- at every pg_cron run. Its worker row goes (running workers exit within about a second)
+-- at every pg_cron run. The jobs they run finish first (up to a minute, as stop()); its
+-- worker row goes (the workers end at their next batch)
 -- and its pg_cron jobs are unscheduled when the caller may (the role itself, a superuser,
 -- or an owner that _manages_cron()); otherwise a WARNING gives the statement to run.
 -- Its queued jobs stay queued (they run again if usage is granted again).
@@ -2087,6 +2211,8 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'pgdispatch: role % does not exist', role_name USING ERRCODE = 'undefined_object';
   END IF;
+  -- the jobs its workers run finish first, as with stop()
+  PERFORM pgdispatch._stop_gate(rid, '1 minute');
   DELETE FROM pgdispatch.worker w WHERE w.role_id = rid AND w.enabled RETURNING true INTO had_workers;
   DELETE FROM pgdispatch.worker w WHERE w.role_id = rid;
   IF to_regclass('cron.job') IS NOT NULL THEN
@@ -2137,7 +2263,8 @@ REVOKE ALL ON FUNCTION pgdispatch._cron_database(), pgdispatch._check_can_login(
   pgdispatch._check_worker_budget(integer), pgdispatch._raise_cron_elsewhere(text, text),
   pgdispatch._remote_job_name(text), pgdispatch.cron_statements(text, integer),
   pgdispatch._job_name(text), pgdispatch._job_command(text), pgdispatch._manages_cron(),
-  pgdispatch.repair_roles() FROM PUBLIC;
+  pgdispatch.repair_roles(), pgdispatch._stop_gate(regrole, interval),
+  pgdispatch.stop(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgdispatch._sql_shape(text), pgdispatch._command_body(text),
   pgdispatch._deferred_constraints(), pgdispatch._release_advisory_locks(text[]) FROM PUBLIC;
 DO $grants$
@@ -2160,7 +2287,8 @@ BEGIN
                    'pgdispatch._raise_cron_elsewhere(text, text), pgdispatch._remote_job_name(text), '
                    'pgdispatch.cron_statements(text, integer), pgdispatch._job_name(text), '
                    'pgdispatch._job_command(text), pgdispatch._manages_cron(), '
-                   'pgdispatch.repair_roles() TO %I', r);
+                   'pgdispatch.repair_roles(), pgdispatch._stop_gate(regrole, interval), '
+                   'pgdispatch.stop(interval) TO %I', r);
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch._sql_shape(text), '
                    'pgdispatch._command_body(text), pgdispatch._deferred_constraints(), '
                    'pgdispatch._release_advisory_locks(text[]) TO %I', r);

@@ -139,6 +139,7 @@ def _budget_rows(conn: sa.Connection) -> list[tuple[str, object]]:
         ("free background workers", _known(budget.free)),
         ("pgdispatch's background workers", _known(budget.pgdispatch_workers)),
         ("cron.max_running_jobs", _known(budget.max_running_jobs)),
+        ("pgdispatch workers and watchdogs scheduled", _known(budget.scheduled)),
     ]
 
 

@@ -133,9 +133,9 @@ def cmd_stop(args: argparse.Namespace, out: Output) -> int:
     _require_installed(engine)
     with engine.begin() as conn:
         role = conn.execute(sa.text("SELECT current_user")).scalar_one()
-        stop_workers(conn, cron_url=_cron_url(args))
-    out.line(f"stopped the pg_cron workers of role {role} (running ones exit within about a "
-             "second); dispatched jobs wait until `sa-pgdispatch start`")
+        stop_workers(conn, cron_url=_cron_url(args), wait=timedelta(seconds=args.wait))
+    out.line(f"stopped the pg_cron workers of role {role} (the jobs they ran finished); "
+             "dispatched jobs wait until `sa-pgdispatch start`")
     return EXIT_OK
 
 
@@ -371,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many (default: as many as the role has, else "
                    "settings.default_workers)")
 
-    add("stop", "unschedule the connected role's pg_cron workers", cmd_stop)
+    p = add("stop", "stop the connected role's pg_cron workers once their running jobs "
+            "finish", cmd_stop)
+    p.add_argument("--wait", type=_seconds_type(zero=True), default=60.0, metavar="SECONDS",
+                   help="how long to wait for running jobs to finish (default 60; 0: do not "
+                   "wait); after it nothing is stopped")
 
     p = add("status", "versions, pg_cron mode, workers per role, recent failures, queue",
             cmd_status)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -51,6 +52,9 @@ class WorkerBudget:
     pgdispatch_workers: int | None
     #: None when pg_cron's settings are hidden from pgdispatch's owner
     max_running_jobs: int | None
+    #: pgdispatch workers and watchdogs that pg_cron has scheduled, every role's (running
+    #: or not): what start() counts against max_worker_processes and max_running_jobs
+    scheduled: int | None = None
 
 
 def libpq_dsn(url: str) -> str:
@@ -146,14 +150,24 @@ def start_workers(
         run_in_cron_database(raw, cron_url, statements)
 
 
-def stop_workers(conn: Connectable, *, cron_url: str | None = None) -> None:
-    """Unschedule the connected role's workers (running ones finish their batch and exit
-    within about a second). With ``cron_url``: this app database's workers, there."""
+def stop_workers(
+    conn: Connectable,
+    *,
+    cron_url: str | None = None,
+    wait: timedelta | None = timedelta(minutes=1),
+) -> None:
+    """Stop the connected role's workers: wait for the jobs they are running to finish
+    (their outcomes committed), keep them from starting others, and unschedule them.
+
+    ``wait`` bounds the wait (``None``: as long as it takes); when jobs still run after
+    it, nothing is stopped and :class:`WorkerError` says which (see
+    ``pgdispatch.stop(wait)``). With ``cron_url``: this app database's workers, there
+    (the wait is a minute)."""
     with raw_connection(conn, WorkerError) as raw:
         if cron_url is None:
             try:
                 with raw.cursor() as cur:
-                    cur.execute("SELECT pgdispatch.stop()")
+                    cur.execute("SELECT pgdispatch.stop(%s::interval)", (wait,))
             except psycopg.Error as exc:
                 raise WorkerError(error_message(exc)) from exc
             return
@@ -169,14 +183,15 @@ def unschedule_for_uninstall(raw: psycopg.Connection[Any], cron_url: str) -> Non
 
 def worker_budget(conn: Connectable) -> WorkerBudget:
     """The server's background workers: ``max_worker_processes``, used, free, how many of
-    them are pgdispatch's, and pg_cron's ``cron.max_running_jobs`` (None if unreadable)."""
+    them are pgdispatch's, pg_cron's ``cron.max_running_jobs`` (None if unreadable), and
+    how many pgdispatch workers and watchdogs pg_cron has scheduled."""
     with raw_connection(conn, WorkerError) as raw, raw.cursor() as cur:
         cur.execute(
-            "SELECT max_worker_processes, used, free, pgdispatch_workers, max_running_jobs"
-            " FROM pgdispatch.worker_budget()"
+            "SELECT max_worker_processes, used, free, pgdispatch_workers, max_running_jobs,"
+            " scheduled FROM pgdispatch.worker_budget()"
         )
         row = cur.fetchone()
         if row is None:
             raise WorkerError("pgdispatch.worker_budget() returned no row")
         values = [None if v is None else int(v) for v in row]
-        return WorkerBudget(int(row[0]), values[1], values[2], values[3], values[4])
+        return WorkerBudget(int(row[0]), values[1], values[2], values[3], values[4], values[5])

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, exc
+from sqlalchemy import Engine, create_engine, exc, text
 
 from sa_pgdispatch.errors import WorkerError
 from sa_pgdispatch.install import install
@@ -126,3 +126,63 @@ def test_a_role_that_may_not_see_other_sessions_gets_the_owners_count(
         assert seen.used + seen.free == 6
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def default_budget_server() -> Iterator[EphemeralPostgres]:
+    # PostgreSQL's default max_worker_processes (8), and pg_cron's default for it in this
+    # mode: cron.max_running_jobs = min(5, max_worker_processes - 1)
+    settings = {"max_worker_processes": "8", "cron.max_running_jobs": "5"}
+    with EphemeralPostgres(cron_mode="bgw", settings=settings) as server:
+        engine = create_engine(server.url)
+        with engine.begin() as conn:
+            install(conn, workers=None)
+        for name in ("role_1", "role_2", "role_3"):
+            run(engine, f"CREATE ROLE {name} LOGIN")
+            run(engine, f"GRANT USAGE ON SCHEMA cron TO {name}")
+            run(engine, "SELECT pgdispatch.grant_usage(:r)", r=name)
+        engine.dispose()
+        yield server
+
+
+def test_start_counts_the_workers_pg_cron_has_scheduled_for_other_roles(
+    default_budget_server: EphemeralPostgres,
+) -> None:
+    """pg_cron runs 5 jobs at once here: two roles' worker and watchdog fit, a third's do
+    not. start() counted the pgdispatch jobs running at that moment, which is none before
+    pg_cron starts them (and fewer while workers hand over): a third and a fourth role
+    were accepted, and one waited 70 s for its first job while others ran without their
+    watchdog."""
+    owner = create_engine(default_budget_server.url)
+    try:
+        if not _pg_cron_at_least_1_5(owner):
+            pytest.skip("pg_cron 1.4 refuses background-worker mode outright")
+        with owner.begin() as conn:
+            # one transaction: nothing of it runs yet, whatever pg_cron's launcher does
+            for role in ("role_1", "role_2"):
+                conn.execute(text(f"SET LOCAL ROLE {role}"))
+                conn.execute(text("SELECT pgdispatch.start(1)"))
+            conn.execute(text("SET LOCAL ROLE role_3"))
+            with (
+                pytest.raises(exc.DBAPIError, match=r"cron\.max_running_jobs = 5") as refused,
+                conn.begin_nested(),
+            ):
+                conn.execute(text("SELECT pgdispatch.start(1)"))
+            assert "(pg_cron has 4 other pgdispatch worker(s)" in str(refused.value)
+            conn.execute(text("RESET ROLE"))
+        assert worker_budget(owner).scheduled == 4
+        assert rows(owner, "SELECT jobname FROM cron.job WHERE username = 'role_3'") == []
+        # room again once another role stops
+        role_2 = create_engine(default_budget_server.connect_url(user="role_2"))
+        role_3 = create_engine(default_budget_server.connect_url(user="role_3"))
+        try:
+            run(role_2, "SELECT pgdispatch.stop()")
+            start_workers(role_3, 1)
+            assert worker_budget(owner).scheduled == 4
+        finally:
+            role_2.dispose()
+            role_3.dispose()
+    finally:
+        for role in ("role_1", "role_2", "role_3"):
+            run(owner, "SELECT cron.unschedule(jobid) FROM cron.job WHERE username = :r", r=role)
+        owner.dispose()

@@ -376,3 +376,185 @@ def test_workers_prune_on_their_own(db: Engine, settings) -> None:  # type: igno
     settings(retention="0 seconds", prune_interval="200 milliseconds")
     _call(db, "CALL pgdispatch.work(slot => 1, max_runtime => '1.5 seconds')")
     assert rows(db, "SELECT * FROM pgdispatch.jobs WHERE id = :id", id=done) == []
+
+
+# -- stop() lets running jobs finish; timeouts need the watchdog -------------------------
+
+
+def _pg_cron_version(engine: Engine) -> tuple[int, ...]:
+    version = run(engine, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'")
+    return tuple(int(p) for p in version.split("-")[0].split("."))
+
+
+def _wait_until(engine: Engine, sql: str, timeout: float, **params: Any) -> bool:
+    deadline = time.monotonic() + timeout
+    while not run(engine, sql, **params):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class _Session(threading.Thread):
+    """A statement in a session of its own (a worker or watchdog standing in for pg_cron's,
+    where pg_cron 1.4 would start it only at the next minute)."""
+
+    def __init__(self, engine: Engine, sql: str) -> None:
+        super().__init__(daemon=True)
+        self.engine, self.sql = engine, sql
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(self.sql))
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+
+def _role_with_a_worker(
+    db: Engine, server: Any, make_role: Any, schema: str
+) -> tuple[str, Engine, _Session | None]:
+    """A role with slot 1 served: by pg_cron (>= 1.5, second schedules), else by a session
+    of its own running the scheduled worker's CALL (its pg_cron jobs scheduled too)."""
+    role = make_role("graceful")
+    run(db, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    run(db, f'GRANT SELECT, INSERT ON "{schema}".t TO "{role}"')
+    engine = role_engine(server, role)
+    run(engine, "SELECT pgdispatch.start(1)")
+    worker = None
+    if _pg_cron_version(db) < (1, 5):
+        worker = _Session(engine, "CALL pgdispatch.work(slot => 1)")
+        worker.start()
+    assert _wait_until(
+        db,
+        "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = 1885824114 AND objsubid = 2"
+        " AND objid = (SELECT oid FROM pg_roles WHERE rolname = :r)",
+        20,
+        r=role,
+    ), "no worker took slot 1"
+    return role, engine, worker
+
+
+def test_stop_lets_a_running_job_finish(
+    db: Engine, schema: str, pgdispatch_server: Any, pgdispatch_role: Any
+) -> None:
+    """stop() waits for the job a worker runs and its outcome; 0.2.0 before it unscheduled
+    at once, and pg_cron (background workers) ended the worker mid-job: the job came back
+    queued with attempts 0 and ran again after start()."""
+    role, engine, worker = _role_with_a_worker(db, pgdispatch_server, pgdispatch_role, schema)
+    try:
+        job_id = run(
+            engine,
+            "SELECT pgdispatch.dispatch(:c)",
+            c=f"INSERT INTO \"{schema}\".t(v) SELECT 'ran' FROM pg_sleep(3)",
+        )
+        assert _wait_until(
+            engine, "SELECT state = 'running' FROM pgdispatch.jobs WHERE id = :id", 20, id=job_id
+        )
+        run(engine, "SELECT pgdispatch.stop()")
+        finished = job(engine, job_id)
+        assert (finished["state"], finished["attempts"]) == ("succeeded", 1)
+        assert cron_jobs(db, role) == []
+        if worker is not None:
+            worker.join(10)
+            assert not worker.is_alive()
+            assert worker.error is None, worker.error
+        # it ran once, and does not run again once the workers are back
+        run(engine, "SELECT pgdispatch.start(1)")
+        run(engine, "SELECT pgdispatch.stop()")
+        assert run(db, f"SELECT count(*) FROM \"{schema}\".t WHERE v = 'ran'") == 1
+    finally:
+        run(engine, "SELECT pgdispatch.stop(wait => NULL)")
+        engine.dispose()
+
+
+def test_stop_refuses_when_a_job_outlasts_its_wait(
+    db: Engine, schema: str, pgdispatch_server: Any, pgdispatch_role: Any
+) -> None:
+    role, engine, worker = _role_with_a_worker(db, pgdispatch_server, pgdispatch_role, schema)
+    try:
+        job_id = run(engine, "SELECT pgdispatch.dispatch('SELECT pg_sleep(4)')")
+        assert _wait_until(
+            engine, "SELECT state = 'running' FROM pgdispatch.jobs WHERE id = :id", 20, id=job_id
+        )
+        with pytest.raises(exc.DBAPIError, match=f"still run job\\(s\\) {job_id} after") as raised:
+            run(engine, "SELECT pgdispatch.stop(wait => '200 milliseconds')")
+        assert getattr(raised.value.orig, "sqlstate", None) == "55P03"  # lock_not_available
+        # nothing was stopped: the job goes on, the workers stay scheduled
+        names = [j["jobname"] for j in cron_jobs(db, role)]
+        assert names == ["pgdispatch:1", "pgdispatch:watchdog"]
+        assert job(engine, job_id)["state"] == "running"
+        run(engine, "SELECT pgdispatch.stop(wait => NULL)")
+        finished = job(engine, job_id)
+        assert (finished["state"], finished["attempts"]) == ("succeeded", 1)
+        assert cron_jobs(db, role) == []
+    finally:
+        run(engine, "SELECT pgdispatch.stop(wait => NULL)")
+        engine.dispose()
+        if worker is not None:
+            worker.join(10)
+
+
+def test_a_job_with_a_timeout_waits_while_its_watchdog_is_missing(
+    db: Engine, schema: str, pgdispatch_server: Any, pgdispatch_role: Any
+) -> None:
+    """Timeouts hold without a watchdog: in background-worker mode a role's watchdog may
+    find no pg_cron slot, and a job with a 2 s timeout ran 15 s and succeeded. Jobs with a
+    timeout now wait queued until the watchdog runs."""
+    _, engine, worker = _role_with_a_worker(db, pgdispatch_server, pgdispatch_role, schema)
+    watchdog = None
+    try:
+        # no watchdog: unscheduled, and the one running ended
+        run(
+            engine,
+            "SELECT cron.unschedule(jobid) FROM cron.job"
+            " WHERE username = current_user AND jobname = 'pgdispatch:watchdog'",
+        )
+        run(
+            engine,
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1885824113"
+            " AND l.objsubid = 2"
+            " AND l.objid = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+        )
+        assert _wait_until(
+            engine,
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory'"
+            " AND l.classid = 1885824113 AND l.objsubid = 2"
+            " AND l.objid = (SELECT oid FROM pg_roles WHERE rolname = current_user))",
+            10,
+        )
+        timed = run(
+            engine,
+            "SELECT pgdispatch.dispatch(:c, timeout => '2 seconds')",
+            c=f"INSERT INTO \"{schema}\".t(v) SELECT 'timed' FROM pg_sleep(6)",
+        )
+        untimed = run(engine, "SELECT pgdispatch.dispatch('SELECT 1')")
+        # the worker serves: the job without a timeout, dispatched after it, ran ...
+        assert _wait_until(
+            engine, "SELECT state = 'succeeded' FROM pgdispatch.jobs WHERE id = :id", 20, id=untimed
+        )
+        # ... and the one with a timeout was not started
+        waiting = job(engine, timed)
+        assert (waiting["state"], waiting["attempts"]) == ("queued", 0)
+        # with a watchdog it runs, and its timeout holds
+        watchdog = _Session(engine, "CALL pgdispatch.watchdog(max_runtime => '8 seconds')")
+        watchdog.start()
+        assert _wait_until(
+            engine,
+            "SELECT state NOT IN ('queued', 'running') FROM pgdispatch.jobs WHERE id = :id",
+            20,
+            id=timed,
+        )
+        done = job(engine, timed)
+        assert done["state"] == "failed", done
+        assert done["error"]["message"] == "job exceeded its timeout of 00:00:02"
+        assert (done["finished_at"] - done["started_at"]).total_seconds() < 4
+    finally:
+        run(engine, "SELECT pgdispatch.stop(wait => NULL)")
+        engine.dispose()
+        for session in (worker, watchdog):
+            if session is not None:
+                session.join(20)
