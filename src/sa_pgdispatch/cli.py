@@ -25,7 +25,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TextIO
 
 import sqlalchemy as sa
