@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from .errors import NotInstalled, UsageError, WorkerError
 from .install import installed_version
-from .urls import UrlError
+from .urls import CRON_URL_ENV_VAR, UrlError
 from .urls import normalize_url as _normalize_url
 from .workers import libpq_dsn
 
@@ -49,9 +49,6 @@ EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
 URL_ENV_VARS = ("SA_PGDISPATCH_URL", "DATABASE_URL")
-#: The environment variable read for ``--cron-url`` (pg_cron's database, same role).
-CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
-
 
 # ---------------------------------------------------------------------------------------
 # Connection

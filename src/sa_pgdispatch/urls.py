@@ -18,10 +18,13 @@ from sqlalchemy.engine import URL, make_url
 
 from .errors import UrlError
 
-__all__ = ["DRIVERNAME", "UrlError", "normalize_url"]
+__all__ = ["CRON_URL_ENV_VAR", "DRIVERNAME", "UrlError", "normalize_url"]
 
 DRIVERNAME = "postgresql+psycopg"
 """What every accepted URL becomes."""
+
+CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
+"""The environment variable the CLI and the Alembic template read pg_cron's database URL from."""
 
 _BACKENDS = ("postgresql", "postgres")
 _PSYCOPG3 = ("", "psycopg", "psycopg_async")

@@ -16,6 +16,7 @@ from alembic.util import CommandError
 
 from ..errors import DispatchTriggerOpError
 from ..install import InstallError, Via
+from ..urls import CRON_URL_ENV_VAR
 
 __all__ = [
     "CRON_URL_ATTRIBUTE",
@@ -45,8 +46,6 @@ CRON_URL_OPTION = "pgdispatch_cron_url"
 CRON_URL_X_ARGUMENT = "cron_url"
 #: ``Config.attributes`` key, for programmatic runs (``cfg.attributes[...] = url``).
 CRON_URL_ATTRIBUTE = "sa_pgdispatch.cron_url"
-#: Environment variable (also read by the ``sa-pgdispatch`` command).
-CRON_URL_ENV_VAR = "SA_PGDISPATCH_CRON_URL"
 #: alembic.ini option, section ``[alembic]`` (a URL without a password: ~/.pgpass).
 CRON_URL_INI_OPTION = "sa_pgdispatch.cron_url"
 
