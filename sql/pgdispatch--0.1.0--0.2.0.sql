@@ -449,7 +449,7 @@ DECLARE
   -- what a worker session (slot >= 1) sets for its own statements, and the session's
   -- values, which every job runs with
   gucs text[] := ARRAY['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'jit',
-                       'synchronous_commit'];
+                       'synchronous_commit', 'plan_cache_mode'];
   session_gucs text[];
   worker_gucs text[];
   t_start timestamptz := clock_timestamp();
@@ -532,13 +532,17 @@ BEGIN
     -- empty, or with statistics taken then, stayed in use when a burst filled it (a
     -- claim that sorted the whole backlog, a batch outcome that scanned it) until
     -- autovacuum came by. (With those priced out, a statement whose only path is one,
-    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) Batches
+    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) With
+    -- those off a generic plan is the custom one, so plans are generic at once
+    -- (plan_cache_mode): the claim, whose generic plan is estimated dearer, was planned
+    -- again for every batch (1.5 us per job of a drain). Batches
     -- commit as settings.worker_synchronous_commit says (default off: see
     -- docs/sql-api.md#settings). Jobs run with the session's own values: restored before
     -- a batch's first job, and RESET ALL after each. Draining in a caller's session
     -- (slot 0) changes none of them.
     session_gucs := ARRAY(SELECT current_setting(g) FROM unnest(gucs) g);
-    worker_gucs := ARRAY['off', 'off', 'off', 'off', cfg.worker_synchronous_commit];
+    worker_gucs := ARRAY['off', 'off', 'off', 'off', cfg.worker_synchronous_commit,
+                         'force_generic_plan'];
     PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, worker_gucs) AS g(name, value);
   END IF;
   IF max_runtime IS NOT NULL THEN
