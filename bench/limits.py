@@ -34,8 +34,12 @@ of the rounds and as a ratio to that reference.
    pgdispatch.dispatch(...) FROM generate_series``); the clock runs from the sessions'
    common start to the last return. Every run is checked: N effects, N history rows.
 
+``--async-commit`` runs part 1 with the role's ``synchronous_commit = off``: the caller's
+CPU alone, without the WAL flush of each commit, whose time varies several-fold between
+runs on a shared disk (a diagnostic figure; the targets are for the default settings).
+
 Writes ``bench/results/limits-latest.json`` (``limits-latest-quick.json`` with
-``--quick``).
+``--quick``, ``limits-latest-async.json`` with ``--async-commit``).
 """
 
 from __future__ import annotations
@@ -333,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="pgbench s per round (10)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (3)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per drain (100,000)")
+    parser.add_argument(
+        "--async-commit", action="store_true", help="part 1 with synchronous_commit off (CPU)"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 10.0)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
@@ -357,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         with ctx.connect(ROLE) as conn:
             conn.execute("SELECT pgdispatch.stop()")  # the queue only grows (caller part)
         print(f"PostgreSQL {info['postgresql']}, pgdispatch {version}", flush=True)
+        if args.async_commit:
+            ctx.sql(f"ALTER ROLE {ROLE} SET synchronous_commit = off")
         caller_res = caller(ctx, seconds, rounds)
+        ctx.sql(f"ALTER ROLE {ROLE} RESET synchronous_commit")
         loads["caller_end"] = load_average()
         drain_res = drain(ctx, jobs, rounds)
         loads["end"] = load_average()
@@ -389,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": time.time() - started,
         "quick": args.quick,
+        "async_commit": args.async_commit,
         "machine": _machine(),
         "git": _git(),
         "server": info,
@@ -398,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"caller_over_minimal": TARGET_CALLER, "drain_over_limit": TARGET_DRAIN},
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("limits-latest-quick.json" if args.quick else "limits-latest.json")
+    name = "limits-latest-quick" if args.quick else "limits-latest"
+    path = RESULTS / (name + ("-async" if args.async_commit else "") + ".json")
     path.write_text(json.dumps(_clean(doc), indent=1, default=str))
     print(f"\nwrote {path} ({time.time() - started:.0f} s)")
     return 0

@@ -1259,7 +1259,7 @@ DECLARE
   -- what a worker session (slot >= 1) sets for its own statements, and the session's
   -- values, which every job runs with
   gucs text[] := ARRAY['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'jit',
-                       'synchronous_commit'];
+                       'synchronous_commit', 'plan_cache_mode'];
   session_gucs text[];
   worker_gucs text[];
   t_start timestamptz := clock_timestamp();
@@ -1343,13 +1343,17 @@ BEGIN
     -- empty, or with statistics taken then, stayed in use when a burst filled it (a
     -- claim that sorted the whole backlog, a batch outcome that scanned it) until
     -- autovacuum came by. (With those priced out, a statement whose only path is one,
-    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) Batches
+    -- such as reading the settings, would cross jit_above_cost: JIT is off too.) With
+    -- those off a generic plan is the custom one, so plans are generic at once
+    -- (plan_cache_mode): the claim, whose generic plan is estimated dearer, was planned
+    -- again for every batch (1.5 us per job of a drain). Batches
     -- commit as settings.worker_synchronous_commit says (default off: see
     -- docs/sql-api.md#settings). Jobs run with the session's own values: restored before
     -- a batch's first job, and RESET ALL after each. Draining in a caller's session
     -- (slot 0) changes none of them.
     session_gucs := ARRAY(SELECT current_setting(g) FROM unnest(gucs) g);
-    worker_gucs := ARRAY['off', 'off', 'off', 'off', cfg.worker_synchronous_commit];
+    worker_gucs := ARRAY['off', 'off', 'off', 'off', cfg.worker_synchronous_commit,
+                         'force_generic_plan'];
     PERFORM set_config(g.name, g.value, false) FROM unnest(gucs, worker_gucs) AS g(name, value);
   END IF;
   IF max_runtime IS NOT NULL THEN
@@ -1900,13 +1904,36 @@ DECLARE
   k text;
   v text;
   o_delay interval;
-  o_priority integer := 0;
-  o_max_attempts integer := 1;
+  o_priority integer;
+  o_max_attempts integer;
   o_timeout interval;
-  seen text[] := '{}';
+  seen text[];
   rows_json jsonb;
   at timestamptz;
 BEGIN
+  -- The hot path: a row trigger without options, once the role's workers are checked in
+  -- this session. The same checks as below, in as few statements as possible (each
+  -- expression of a PL/pgSQL function is set up again in every transaction: a single-row
+  -- INSERT pays that for each one); anything else, or a check that fails, takes the
+  -- general path, which raises the error.
+  IF TG_LEVEL = 'ROW' AND TG_NARGS = 1 AND TG_WHEN = 'AFTER' THEN
+    parts := parse_ident(TG_ARGV[0]);
+    IF cardinality(parts) = 2
+       AND pg_catalog.pg_get_function_result(to_regprocedure(format('%I.%I(jsonb)', parts[1], parts[2])))
+           IS NOT NULL
+       AND current_setting('pgdispatch.worker_checked', true)
+           = current_user || ':' || 'pgdispatch'::regnamespace::oid THEN
+      at := clock_timestamp();
+      INSERT INTO pgdispatch.job (command, payload, created_at, run_at)
+      VALUES (format('SELECT %I.%I($1)', parts[1], parts[2]),
+              CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END, at, at);
+      RETURN NULL;
+    END IF;
+  END IF;
+
+  o_priority := 0;
+  o_max_attempts := 1;
+  seen := '{}';
   IF TG_NARGS < 1 THEN
     RAISE EXCEPTION 'pgdispatch.trigger(): trigger % on % needs the side-effect function as its '
                     'first argument', TG_NAME, format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
@@ -1969,7 +1996,7 @@ BEGIN
   END IF;
 
   IF TG_LEVEL = 'ROW' THEN
-    -- the hot path: one insert, no further function call
+    -- a row trigger with options (or before the workers are checked): one insert
     at := clock_timestamp();
     INSERT INTO pgdispatch.job (command, payload, priority, max_attempts, timeout, created_at, run_at)
     VALUES (cmd, CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END,

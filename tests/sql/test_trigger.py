@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Engine, exc
+from sqlalchemy import Engine, exc, text
 
 from .conftest import drain, role_engine, rows, run
 
@@ -189,3 +189,48 @@ def test_definer_trigger_runs_the_job_as_the_function_owner(
     finally:
         owner_db.dispose()
         writer_db.dispose()
+
+
+def test_row_triggers_of_several_functions_share_one_session(app: Engine, schema: str) -> None:
+    # after the session's first row (the role's workers checked), rows take the hot
+    # path: each gets its own trigger's command and the row of its own operation
+    run(
+        app,
+        f"""CREATE FUNCTION "{schema}".other(r jsonb) RETURNS void LANGUAGE sql AS $$
+              INSERT INTO "{schema}".seen VALUES ('other', r, current_user)
+            $$;
+            CREATE TABLE "{schema}".notes (id int PRIMARY KEY, body text);
+            CREATE TRIGGER d AFTER INSERT OR DELETE ON "{schema}".profiles
+              FOR EACH ROW EXECUTE FUNCTION pgdispatch.trigger('{schema}.side');
+            CREATE TRIGGER d AFTER INSERT ON "{schema}".notes
+              FOR EACH ROW EXECUTE FUNCTION pgdispatch.trigger('"{schema}"."other"')""",
+    )
+    with app.connect() as conn:  # one session, one transaction per statement
+        for i in range(1, 4):
+            conn.execute(text(f"INSERT INTO \"{schema}\".profiles VALUES ({i}, 'p{i}')"))
+            conn.commit()
+            conn.execute(text(f"INSERT INTO \"{schema}\".notes VALUES ({i}, 'n{i}')"))
+            conn.commit()
+        conn.execute(text(f'DELETE FROM "{schema}".profiles WHERE id = 2'))
+        conn.commit()
+    commands = rows(
+        app,
+        "SELECT command, payload FROM pgdispatch.jobs WHERE command LIKE :c ORDER BY id",
+        c=f"SELECT %{schema}%",
+    )
+    side, other = f"SELECT {schema}.side($1)", f"SELECT {schema}.other($1)"
+    assert [(r["command"], r["payload"]["id"]) for r in commands] == [
+        (side, 1),
+        (other, 1),
+        (side, 2),
+        (other, 2),
+        (side, 3),
+        (other, 3),
+        (side, 2),
+    ]
+    assert [r["payload"].get("name") for r in commands if r["command"] == side] == [
+        "p1",
+        "p2",
+        "p3",
+        "p2",
+    ]

@@ -191,6 +191,30 @@ def test_jobs_cannot_take_the_workers_own_advisory_locks_away(db: Engine, schema
     assert held == [777]
 
 
+def test_a_worker_slot_runs_its_jobs_with_the_sessions_own_settings(
+    db: Engine, schema: str
+) -> None:
+    # A worker session plans its own statements with settings of its own (sequential
+    # scans, bitmap scans and sorts off, JIT off, generic plans, its commit mode): none
+    # of them reaches a job, the first of a batch or a later one.
+    names = [
+        "enable_seqscan",
+        "enable_bitmapscan",
+        "enable_sort",
+        "jit",
+        "synchronous_commit",
+        "plan_cache_mode",
+    ]
+    seen = " || ',' || ".join(f"current_setting('{n}')" for n in names)
+    for _ in range(3):
+        run(db, "SELECT pgdispatch.fire(:c)", c=f'INSERT INTO "{schema}".t(v) SELECT {seen}')
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        own = conn.execute(text(f"SELECT {seen}")).scalar_one()
+        conn.execute(text("CALL pgdispatch.work(slot => 9, drain => true)"))
+    found = [r["v"] for r in rows(db, f'SELECT v FROM "{schema}".t ORDER BY at')]
+    assert found == [own] * 3
+
+
 def test_work_refuses_to_run_jobs_under_set_role(db: Engine, pgdispatch_role) -> None:  # type: ignore[no-untyped-def]
     alice = pgdispatch_role("alice")
     with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
