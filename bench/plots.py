@@ -128,12 +128,24 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
         start = s["start_ms_per_minute"]
         effect = s["effect_ms_per_minute"]
         ax = axes[0]
-        ax.plot([m["minute"] for m in start], [m["p99"] for m in start], "o-",
-                label="fire to start, p99")
-        ax.plot([m["minute"] for m in start], [m["p50"] for m in start], "o-",
-                label="fire to start, p50")
-        ax.plot([m["minute"] for m in effect], [m["p99"] for m in effect], "x--",
-                label="fire to effect, p99")
+        ax.plot(
+            [m["minute"] for m in start],
+            [m["p99"] for m in start],
+            "o-",
+            label="fire to start, p99",
+        )
+        ax.plot(
+            [m["minute"] for m in start],
+            [m["p50"] for m in start],
+            "o-",
+            label="fire to start, p50",
+        )
+        ax.plot(
+            [m["minute"] for m in effect],
+            [m["p99"] for m in effect],
+            "x--",
+            label="fire to effect, p99",
+        )
         ax.axhline(5.0, color="r", lw=0.8, ls=":", label="target p99 5 ms")
         ax.set_ylabel("ms (per minute)")
         ax.set_yscale("log")
@@ -147,8 +159,7 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
         )
         samples = s["samples"]
         ax = axes[1]
-        ax.plot([x["t"] / 60 + 1 for x in samples], [x["age_s"] * 1000 for x in samples],
-                lw=0.7)
+        ax.plot([x["t"] / 60 + 1 for x in samples], [x["age_s"] * 1000 for x in samples], lw=0.7)
         ax.axhline(1000, color="r", lw=0.8, ls=":", label="target 1 s")
         ax.set_ylabel("oldest queued job (ms)")
         ax.set_yscale("log")
@@ -177,12 +188,16 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
 
     b = res.get("backlog")
     if b:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
         ax = axes[0]
         for r in b["runs"]:
-            ax.plot([c["backlog_after"] / 1000 for c in r["chunks"]],
-                    [c["per_s"] for c in r["chunks"]], "o-", ms=3,
-                    label=f"fill to {r['jobs'] // 1000}k ({r['workers']}w run)")
+            ax.plot(
+                [c["backlog_after"] / 1000 for c in r["chunks"]],
+                [c["per_s"] for c in r["chunks"]],
+                "o-",
+                ms=3,
+                label=f"fill to {r['jobs'] // 1000}k ({r['workers']}w run)",
+            )
         ax.set_xlabel("backlog after the chunk (thousand jobs)")
         ax.set_ylabel("dispatch() jobs/s of each chunk")
         ax.set_ylim(bottom=0)
@@ -192,14 +207,37 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
         ax = axes[1]
         for r in b["runs"]:
             tenths = r["jobs_per_s_by_tenth"]
-            ax.plot(range(1, len(tenths) + 1), tenths, "o-", ms=3,
-                    label=f"{r['jobs'] // 1000}k, {r['workers']} worker(s)")
+            ax.plot(
+                range(1, len(tenths) + 1),
+                tenths,
+                "o-",
+                ms=3,
+                label=f"{r['jobs'] // 1000}k, {r['workers']} worker(s)",
+            )
         ax.set_xlabel("tenth of the drain")
         ax.set_ylabel("jobs/s")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         ax.set_title("Drain rate as the backlog shrinks", fontsize=9)
+        ax = axes[2]
+        for r in b["runs"]:
+            probes = r.get("claim_during_drain") or []
+            if probes and r.get("drain_s"):
+                ax.plot(
+                    [100 * p[0] / r["drain_s"] for p in probes],
+                    [p[1] for p in probes],
+                    ".-",
+                    ms=3,
+                    lw=0.7,
+                    label=f"{r['jobs'] // 1000}k, {r['workers']} session(s)",
+                )
+        ax.set_xlabel("% of the drain time")
+        ax.set_ylabel("claim (EXPLAIN ANALYZE) ms")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("work()'s claim of 60 jobs, probed every second", fontsize=9)
         fig.text(0.01, 0.005, conf, fontsize=6)
         fig.tight_layout()
         path = out_dir / "scale_backlog.png"

@@ -276,8 +276,17 @@ def render_scale(doc: dict[str, Any]) -> str:
         parts.append(
             "#### Backlog\n\n"
             + _table(
-                ["jobs", "drain sessions", "dispatch jobs/s (fill)", "last chunk jobs/s",
-                 "drain jobs/s", "claim ms (median)", "caller TPS", "queue MB (indexes)"],
+                [
+                    "jobs",
+                    "drain sessions",
+                    "dispatch jobs/s (fill)",
+                    "last chunk jobs/s",
+                    "drain jobs/s",
+                    "claim ms at full backlog",
+                    "claim ms during drain (median / max)",
+                    "caller TPS",
+                    "queue MB (indexes)",
+                ],
                 [
                     [
                         r["jobs"],
@@ -286,6 +295,8 @@ def render_scale(doc: dict[str, Any]) -> str:
                         r["chunks"][-1]["per_s"],
                         r["jobs_per_s"],
                         r.get("claim", {}).get("ms_median"),
+                        f"{r.get('claim_during_drain_ms_median', float('nan')):.3f} / "
+                        f"{r.get('claim_during_drain_ms_max', float('nan')):.3f}",
                         r.get("caller_tps"),
                         f"{r['sizes_queued']['job.total'] / mb:.0f} "
                         f"({r['sizes_queued']['job.indexes'] / mb:.0f})",
@@ -295,8 +306,10 @@ def render_scale(doc: dict[str, Any]) -> str:
             )
             + f"\n\nEmpty queue: claim {b['claim_empty']['ms_median']:.3f} ms, caller "
             f"{b['caller_tps_empty']:,.0f} TPS.\n\n"
-            + _table(["ratio (large / small backlog)", "value"],
-                     [[k, val] for k, val in b["ratios"].items()])
+            + _table(
+                ["ratio (large / small backlog)", "value"],
+                [[k, val] for k, val in b["ratios"].items()],
+            )
         )
     s = res.get("soak")
     if s:
@@ -315,11 +328,25 @@ def render_scale(doc: dict[str, Any]) -> str:
             f"{s['settings']['retention']}, prune_batch {s['settings']['prune_batch']} per "
             f"{s['settings']['prune_interval']}\n\n"
             + _table(
-                ["minute", "jobs", "start p50 ms", "start p99 ms", "start max ms",
-                 "effect p99 ms", "max backlog age s", "max queue", "job MB", "history MB"],
+                [
+                    "minute",
+                    "jobs",
+                    "start p50 ms",
+                    "start p99 ms",
+                    "start max ms",
+                    "effect p99 ms",
+                    "max backlog age s",
+                    "max queue",
+                    "job MB",
+                    "history MB",
+                ],
                 [
                     [
-                        x["minute"], x["n"], x["p50"], x["p99"], x["max"],
+                        x["minute"],
+                        x["n"],
+                        x["p50"],
+                        x["p99"],
+                        x["max"],
                         eff.get(x["minute"], {}).get("p99"),
                         age.get(x["minute"], {}).get("max"),
                         que.get(x["minute"], {}).get("max"),
@@ -342,17 +369,20 @@ def render_scale(doc: dict[str, Any]) -> str:
             + _table(
                 ["figure", "value"],
                 [
-                    ["server CPU before the roles started (% of a core)",
-                     r["baseline_server_pct"]],
+                    ["server CPU before the roles started (% of a core)", r["baseline_server_pct"]],
                     [f"server CPU with {r['roles']} idle roles", r["server_pct"]],
                     ["server CPU per role (difference / roles)", r["server_pct_per_role"]],
                     ["a role's worker + watchdog backends, mean", r["backends_pct_per_role_mean"]],
                     ["a role's worker + watchdog backends, max", r["backends_pct_per_role_max"]],
                     ["pg_cron launcher", r["launcher_pct"]],
-                    ["connections, all (mean / max)",
-                     f"{r['connections_total_mean']:.1f} / {r['connections_total_max']}"],
-                    ["connections per role (mean)",
-                     sum(x["connections_mean"] for x in r["per_role"].values()) / r["roles"]],
+                    [
+                        "connections, all (mean / max)",
+                        f"{r['connections_total_mean']:.1f} / {r['connections_total_max']}",
+                    ],
+                    [
+                        "connections per role (mean)",
+                        sum(x["connections_mean"] for x in r["per_role"].values()) / r["roles"],
+                    ],
                     ["cron.max_running_jobs (set for the run)", r["cron_max_running_jobs"]],
                 ],
             )

@@ -137,9 +137,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def children(pid: int) -> list[int]:
     try:
-        return [
-            int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        ]
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
 
@@ -161,9 +159,10 @@ def server_cpu_seconds(postmaster: int) -> float:
 
 
 def postmaster_pid(ctx: Ctx) -> int:
-    pid = int(ctx.scalar("SELECT pg_backend_pid()"))
-    fields = _stat_fields(pid)
-    assert fields is not None
+    with ctx.connect() as conn:  # the backend must live while we read its parent
+        fields = _stat_fields(conn.info.backend_pid)
+    if fields is None:
+        raise RuntimeError("cannot read /proc/<backend>/stat: is the server on this host?")
     return int(fields[1])  # ppid (field 4)
 
 
@@ -189,47 +188,91 @@ def pick_tree() -> tuple[Path | None, str]:
 # backlog
 
 
-def _claim_cost(ctx: Ctx, role: str, reps: int) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of work()'s claim as a worker session of *role* plans it."""
-    source = str(ctx.scalar("SELECT pg_get_functiondef('pgdispatch.work'::regproc)"))
-    stmt = claim_statement(source)
-    times: list[float] = []
-    plan_text = ""
-    rows = 0
-    with ctx.connect(role, autocommit=False) as conn:
-        # what work() sets for its own statements in a worker session (slot >= 1)
+class ClaimProbe:
+    """work()'s claim (read from the installed procedure) under EXPLAIN ANALYZE, in a
+    session of *role* with the settings work() uses for its own statements in a worker
+    session (slot >= 1); each probe is rolled back (its row locks last ~0.1 ms)."""
+
+    def __init__(self, ctx: Ctx, role: str) -> None:
+        source = str(ctx.scalar("SELECT pg_get_functiondef('pgdispatch.work'::regproc)"))
+        self.statement = claim_statement(source)
+        self.conn = ctx.connect(role, autocommit=False)
         for guc in ("enable_seqscan", "enable_bitmapscan", "enable_sort", "jit"):
-            conn.execute(f"SET {guc} = off")
-        conn.execute(
-            f"PREPARE claim(regrole, timestamptz) AS {stmt}",
-        )
-        conn.commit()
-        for i in range(reps):
-            out = conn.execute(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
-                "EXECUTE claim(to_regrole(quote_ident(current_user)), clock_timestamp())"
-            ).fetchone()
-            conn.rollback()
-            assert out is not None
-            doc = out[0][0]
-            times.append(float(doc["Execution Time"]))
-            rows = int(doc["Plan"].get("Actual Rows", 0))
-            if i == reps - 1:
-                text = conn.execute(
-                    "EXPLAIN (ANALYZE, BUFFERS) "
-                    "EXECUTE claim(to_regrole(quote_ident(current_user)), clock_timestamp())"
-                ).fetchall()
-                conn.rollback()
-                plan_text = "\n".join(r[0] for r in text)
+            self.conn.execute(f"SET {guc} = off")
+        self.conn.execute(f"PREPARE claim(regrole, timestamptz) AS {self.statement}")
+        self.conn.commit()
+
+    def once(self) -> tuple[float, int, int]:
+        """(execution ms, rows claimed, shared buffers hit + read)."""
+        row = self.conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+            "EXECUTE claim(to_regrole(quote_ident(current_user)), clock_timestamp())"
+        ).fetchone()
+        self.conn.rollback()
+        assert row is not None
+        doc = row[0][0]
+        plan = doc["Plan"]
+        buffers = int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0))
+        return float(doc["Execution Time"]), int(plan.get("Actual Rows", 0)), buffers
+
+    def plan_text(self) -> str:
+        rows = self.conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS) "
+            "EXECUTE claim(to_regrole(quote_ident(current_user)), clock_timestamp())"
+        ).fetchall()
+        self.conn.rollback()
+        return "\n".join(r[0] for r in rows)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _claim_cost(ctx: Ctx, role: str, reps: int) -> dict[str, Any]:
+    """The claim's median time over *reps* probes, with the last plan."""
+    probe = ClaimProbe(ctx, role)
+    try:
+        runs = [probe.once() for _ in range(reps)]
+        plan = probe.plan_text()
+    finally:
+        probe.close()
+    times = [r[0] for r in runs]
     return {
-        "statement": stmt,
+        "statement": probe.statement,
         "reps": reps,
         "ms_median": statistics.median(times),
         "ms_min": min(times),
         "ms_max": max(times),
-        "rows": rows,
-        "plan": plan_text,
+        "rows": runs[-1][1],
+        "buffers": runs[-1][2],
+        "plan": plan,
     }
+
+
+def _drain_probed(ctx: Ctx, role: str, workers: int, every_s: float) -> tuple[float, list[Any]]:
+    """run_workers() with the claim probed every *every_s* seconds meanwhile:
+    (drain seconds, [(seconds into the drain, claim ms, rows, buffers)])."""
+    probe = ClaimProbe(ctx, role)
+    samples: list[tuple[float, float, int, int]] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        t0 = time.monotonic()
+        while not stop.wait(every_s):
+            try:
+                ms, rows, buffers = probe.once()
+            except Exception:  # the probe's session must not end the run
+                continue
+            samples.append((time.monotonic() - t0, ms, rows, buffers))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        elapsed = run_workers(ctx, role, workers)
+    finally:
+        stop.set()
+        thread.join()
+        probe.close()
+    return elapsed, samples
 
 
 def _fill(ctx: Ctx, n: int, chunk: int) -> list[dict[str, float]]:
@@ -265,11 +308,16 @@ def _caller_tps(ctx: Ctx, seconds: float) -> float:
     return res.tps
 
 
-def backlog(ctx: Ctx, sizes: list[int], workers: list[int], quick: bool) -> dict[str, Any]:
+def backlog(
+    ctx: Ctx, sizes: list[int], workers: list[int], quick: bool, rounds: int = 1
+) -> dict[str, Any]:
+    """Fill, probe and drain each backlog size with each number of drain sessions,
+    *rounds* times; the sizes alternate in order (small first, then large first, ...),
+    so that a trend of the shared machine does not fall on one size."""
     tps_s = 3.0 if quick else 5.0
     reps = 5 if quick else 20
     _reset_drain(ctx)
-    out: dict[str, Any] = {"sizes": sizes, "workers": workers, "runs": []}
+    out: dict[str, Any] = {"sizes": sizes, "workers": workers, "rounds": rounds, "runs": []}
     out["caller_tps_empty"] = _caller_tps(ctx, tps_s)
     ctx.sql("VACUUM (ANALYZE) pgdispatch.job")
     out["claim_empty"] = _claim_cost(ctx, DRAIN_ROLE, reps)
@@ -278,46 +326,59 @@ def backlog(ctx: Ctx, sizes: list[int], workers: list[int], quick: bool) -> dict
         f"{out['claim_empty']['ms_median']:.3f} ms",
         flush=True,
     )
-    for n in sizes:
-        for i, w in enumerate(workers):
-            _reset_drain(ctx)
-            t0 = time.perf_counter()
-            chunks = _fill(ctx, n, max(1, sizes[-1] // 10))
-            fill_s = time.perf_counter() - t0
-            run: dict[str, Any] = {
-                "jobs": n,
-                "workers": w,
-                "fill_s": fill_s,
-                "dispatch_per_s": n / fill_s,
-                "chunks": chunks,
-                "sizes_queued": _sizes(ctx),
-            }
-            if i == 0:  # measured once per backlog
-                run["claim"] = _claim_cost(ctx, DRAIN_ROLE, reps)
-                run["caller_tps"] = _caller_tps(ctx, tps_s)
-            elapsed = run_workers(ctx, DRAIN_ROLE, w)
-            run["drain_s"] = elapsed
-            run["jobs_per_s"] = n / elapsed
-            run["left_in_queue"] = queue_len(ctx, DRAIN_ROLE)
-            run["effects"] = int(ctx.scalar("SELECT count(*) FROM bench.dsink"))
-            run["failed"] = int(
-                ctx.scalar(
-                    "SELECT count(*) FROM pgdispatch.job_history WHERE role = %s "
-                    "AND state <> 'succeeded'",
-                    (DRAIN_ROLE,),
-                )
+    order = [
+        (rnd, n, w)
+        for rnd in range(rounds)
+        for k, w in enumerate(workers)
+        for n in (sizes if (rnd * len(workers) + k) % 2 == 0 else sizes[::-1])
+    ]
+    for rnd, n, w in order:
+        i = workers.index(w)
+        _reset_drain(ctx)
+        t0 = time.perf_counter()
+        chunks = _fill(ctx, n, max(1, sizes[-1] // 10))
+        fill_s = time.perf_counter() - t0
+        run: dict[str, Any] = {
+            "round": rnd + 1,
+            "jobs": n,
+            "workers": w,
+            "fill_s": fill_s,
+            "dispatch_per_s": n / fill_s,
+            "chunks": chunks,
+            "sizes_queued": _sizes(ctx),
+        }
+        if i == 0:  # measured once per backlog
+            run["claim"] = _claim_cost(ctx, DRAIN_ROLE, reps)
+            run["caller_tps"] = _caller_tps(ctx, tps_s)
+        elapsed, probes = _drain_probed(ctx, DRAIN_ROLE, w, 1.0)
+        run["drain_s"] = elapsed
+        run["claim_during_drain"] = probes
+        run["jobs_per_s"] = n / elapsed
+        run["left_in_queue"] = queue_len(ctx, DRAIN_ROLE)
+        run["effects"] = int(ctx.scalar("SELECT count(*) FROM bench.dsink"))
+        run["failed"] = int(
+            ctx.scalar(
+                "SELECT count(*) FROM pgdispatch.job_history WHERE role = %s "
+                "AND state <> 'succeeded'",
+                (DRAIN_ROLE,),
             )
-            run["jobs_per_s_by_tenth"] = rate_by_tenth(ctx, DRAIN_ROLE)
-            run["sizes_drained"] = _sizes(ctx)
-            out["runs"].append(run)
-            claim = run.get("claim", {}).get("ms_median")
-            print(
-                f"  {n:,} jobs, {w} worker(s): dispatch {run['dispatch_per_s']:,.0f}/s "
-                f"(last chunk {chunks[-1]['per_s']:,.0f}/s), drain {run['jobs_per_s']:,.0f}/s"
-                + (f", claim {claim:.3f} ms" if claim is not None else "")
-                + (f", caller {run['caller_tps']:,.0f} TPS" if "caller_tps" in run else ""),
-                flush=True,
-            )
+        )
+        run["jobs_per_s_by_tenth"] = rate_by_tenth(ctx, DRAIN_ROLE)
+        run["sizes_drained"] = _sizes(ctx)
+        out["runs"].append(run)
+        during = [p[1] for p in probes]
+        run["claim_during_drain_ms_median"] = statistics.median(during) if during else float("nan")
+        run["claim_during_drain_ms_max"] = max(during) if during else float("nan")
+        claim = run.get("claim", {}).get("ms_median")
+        print(
+            f"  {n:,} jobs, {w} worker(s): dispatch {run['dispatch_per_s']:,.0f}/s "
+            f"(last chunk {chunks[-1]['per_s']:,.0f}/s), drain {run['jobs_per_s']:,.0f}/s"
+            + (f", claim {claim:.3f} ms" if claim is not None else "")
+            + (f", caller {run['caller_tps']:,.0f} TPS" if "caller_tps" in run else "")
+            + f"; claim during the drain: median {run['claim_during_drain_ms_median']:.3f}"
+            f" ms, max {run['claim_during_drain_ms_max']:.3f} ms ({len(probes)} probes)",
+            flush=True,
+        )
     _reset_drain(ctx)
     out["ratios"] = backlog_ratios(out["runs"], sizes)
     table(
@@ -345,24 +406,36 @@ def backlog(ctx: Ctx, sizes: list[int], workers: list[int], quick: bool) -> dict
 
 
 def backlog_ratios(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, float]:
-    """Large-backlog figures over small-backlog ones (rates: >= 0.8 is the target;
-    claim: large over small time, <= 1.25 means it did not grow)."""
+    """Large-backlog figures over small-backlog ones, each the mean of its runs (rates:
+    >= 0.8 is the target; claim times: large over small, ~1 means it did not grow)."""
     small, large = sizes[0], sizes[-1]
-    by = {(r["jobs"], r["workers"]): r for r in runs}
+
+    def mean(n: int, key: Any, w: int | None = None) -> float:
+        vals = [key(r) for r in runs if r["jobs"] == n and (w is None or r["workers"] == w)]
+        vals = [v for v in vals if v is not None and v == v]
+        return statistics.fmean(vals) if vals else float("nan")
+
     out: dict[str, float] = {}
-    for (n, w), r in sorted(by.items()):
-        if n != large or (small, w) not in by:
-            continue
-        s = by[(small, w)]
-        out[f"dispatch rate, fill ({w}w run)"] = r["dispatch_per_s"] / s["dispatch_per_s"]
-        out[f"dispatch rate, last chunk ({w}w run)"] = (
-            r["chunks"][-1]["per_s"] / s["chunks"][-1]["per_s"]
+    for w in sorted({r["workers"] for r in runs}):
+        out[f"dispatch rate, whole fill ({w}w runs)"] = mean(
+            large, lambda r: r["dispatch_per_s"], w
+        ) / mean(small, lambda r: r["dispatch_per_s"], w)
+        out[f"dispatch rate, last chunk ({w}w runs)"] = mean(
+            large, lambda r: r["chunks"][-1]["per_s"], w
+        ) / mean(small, lambda r: r["chunks"][-1]["per_s"], w)
+    for w in sorted({r["workers"] for r in runs}):
+        out[f"drain rate, {w} session(s)"] = mean(large, lambda r: r["jobs_per_s"], w) / mean(
+            small, lambda r: r["jobs_per_s"], w
         )
-        out[f"drain rate, {w} worker(s)"] = r["jobs_per_s"] / s["jobs_per_s"]
-        if "claim" in r and "claim" in s:
-            out["claim time (large / small)"] = r["claim"]["ms_median"] / s["claim"]["ms_median"]
-        if "caller_tps" in r and "caller_tps" in s:
-            out["caller TPS"] = r["caller_tps"] / s["caller_tps"]
+    out["claim time at the full backlog"] = mean(
+        large, lambda r: r.get("claim", {}).get("ms_median")
+    ) / mean(small, lambda r: r.get("claim", {}).get("ms_median"))
+    out["claim time during the drain (median of 1 s probes)"] = mean(
+        large, lambda r: r.get("claim_during_drain_ms_median")
+    ) / mean(small, lambda r: r.get("claim_during_drain_ms_median"))
+    out["caller TPS at the full backlog"] = mean(large, lambda r: r.get("caller_tps")) / mean(
+        small, lambda r: r.get("caller_tps")
+    )
     return out
 
 
@@ -383,8 +456,9 @@ def soak(
         "started_at timestamptz NOT NULL)"
     )
     ctx.sql("TRUNCATE bench.soak_start")
-    installed = ctx.sql("SELECT retention::text, prune_batch, prune_interval::text FROM "
-                        "pgdispatch.settings")[0]
+    installed = ctx.sql(
+        "SELECT retention::text, prune_batch, prune_interval::text FROM pgdispatch.settings"
+    )[0]
     ctx.sql(
         "UPDATE pgdispatch.settings SET retention = make_interval(secs => %s)"
         + (", prune_batch = %s" if prune_batch else ""),
@@ -418,9 +492,7 @@ def soak(
                     # (pg_stat_user_tables lags: workers flush their statistics only
                     # when they exit)
                     s["history_rows"] = int(
-                        conn.execute(
-                            "SELECT count(*) FROM pgdispatch.job_history"
-                        ).fetchone()[0]  # type: ignore[index]
+                        conn.execute("SELECT count(*) FROM pgdispatch.job_history").fetchone()[0]  # type: ignore[index]
                     )
                 samples.append(s)
                 k += 1
@@ -507,10 +579,16 @@ def soak(
     out = {
         "target_rate": rate,
         "seconds": seconds,
-        "settings": {"retention": settings[0], "prune_batch": settings[1],
-                     "prune_interval": settings[2]},
-        "installed_settings": {"retention": installed[0], "prune_batch": installed[1],
-                               "prune_interval": installed[2]},
+        "settings": {
+            "retention": settings[0],
+            "prune_batch": settings[1],
+            "prune_interval": settings[2],
+        },
+        "installed_settings": {
+            "retention": installed[0],
+            "prune_batch": installed[1],
+            "prune_interval": installed[2],
+        },
         "pgbench_tps": res.tps,
         "pgbench_lag_avg_ms": res.lag_avg_ms,
         "pgbench_lag_max_ms": res.lag_max_ms,
@@ -537,8 +615,16 @@ def soak(
     table(
         f"scale 2. soak: pgbench -R {rate} for {seconds:.0f} s, retention {settings[0]}, "
         f"prune_batch {settings[1]} per {settings[2]}",
-        ["minute", "jobs", "start p50", "start p99", "effect p99", "max age s", "job MB",
-         "history MB"],
+        [
+            "minute",
+            "jobs",
+            "start p50",
+            "start p99",
+            "effect p99",
+            "max age s",
+            "job MB",
+            "history MB",
+        ],
         [
             [
                 m["minute"],
@@ -641,8 +727,14 @@ def many_roles(ctx: Ctx, roles: int, seconds: float, baseline_s: float) -> dict[
         with ctx.connect(name) as conn:
             conn.execute("SELECT pgdispatch.start(1)")
     started = wait_until(
-        lambda: len(backend_pids(ctx, "usename LIKE 'bench\\_idle\\_%%' AND query LIKE "
-                                 "'CALL pgdispatch.%%'")) >= 2 * roles,
+        lambda: (
+            len(
+                backend_pids(
+                    ctx, "usename LIKE 'bench\\_idle\\_%%' AND query LIKE 'CALL pgdispatch.%%'"
+                )
+            )
+            >= 2 * roles
+        ),
         120,
         0.5,
     )
@@ -689,18 +781,37 @@ def many_roles(ctx: Ctx, roles: int, seconds: float, baseline_s: float) -> dict[
         "(% of one core)",
         ["role", "worker", "watchdog", "total", "conns mean", "conns max"],
         [
-            [k, r["worker_pct"], r["watchdog_pct"], r["total_pct"], r["connections_mean"],
-             r["connections_max"]]
+            [
+                k,
+                r["worker_pct"],
+                r["watchdog_pct"],
+                r["total_pct"],
+                r["connections_mean"],
+                r["connections_max"],
+            ]
             for k, r in per_role.items()
         ],
     )
     table(
         "scale 3. totals",
-        ["server idle before %", f"server with {roles} roles %", "per role %",
-         "backends per role % (mean)", "pg_cron launcher %", "connections (mean/max)"],
-        [[baseline_pct, server_pct, out["server_pct_per_role"],
-          out["backends_pct_per_role_mean"], launcher_pct,
-          f"{out['connections_total_mean']:.1f}/{out['connections_total_max']}"]],
+        [
+            "server idle before %",
+            f"server with {roles} roles %",
+            "per role %",
+            "backends per role % (mean)",
+            "pg_cron launcher %",
+            "connections (mean/max)",
+        ],
+        [
+            [
+                baseline_pct,
+                server_pct,
+                out["server_pct_per_role"],
+                out["backends_pct_per_role_mean"],
+                launcher_pct,
+                f"{out['connections_total_mean']:.1f}/{out['connections_total_max']}",
+            ]
+        ],
     )
     for name in names:
         with ctx.connect(name) as conn:
@@ -718,15 +829,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backlog", type=int, default=1_000_000, help="large backlog (1,000,000)")
     g.add_argument("--backlog-small", type=int, default=100_000, help="reference (100,000)")
     g.add_argument("--backlog-workers", default="1,2", help="drain sessions to run (1,2)")
+    g.add_argument("--backlog-rounds", type=int, default=1, help="rounds, sizes alternating (1)")
     g.add_argument("--soak", type=float, default=600.0, help="soak seconds (600)")
     g.add_argument("--soak-rate", type=int, default=2000, help="dispatches/s (2000)")
     g.add_argument(
-        "--soak-retention", type=float, default=None, help="retention during the soak, s "
-        "(a fifth of the soak)"
+        "--soak-retention",
+        type=float,
+        default=None,
+        help="retention during the soak, s (a fifth of the soak)",
     )
     g.add_argument(
-        "--soak-prune-batch", type=int, default=None, help="prune_batch during the soak "
-        "(as installed)"
+        "--soak-prune-batch",
+        type=int,
+        default=None,
+        help="prune_batch during the soak (as installed)",
     )
     g.add_argument("--roles", type=int, default=20, help="idle roles (20)")
     g.add_argument("--roles-seconds", type=float, default=60.0, help="idle period (60)")
@@ -784,48 +900,86 @@ def run_scale(args: argparse.Namespace) -> int:
 
         def phase(name: str) -> None:
             loads[name] = load_average()
-            print(f"\n## {name} (load {loads[name][0]:.2f}, t+{time.time() - started:.0f} s)",
-                  flush=True)
+            print(
+                f"\n## {name} (load {loads[name][0]:.2f}, t+{time.time() - started:.0f} s)",
+                flush=True,
+            )
+
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+        partial = shortened or only != {"backlog", "soak", "roles"}
+        path = RESULTS / f"scale-{stamp}{'-quick' if partial else ''}.json"
+
+        def save() -> str:
+            doc = {
+                "kind": "scale",
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                "duration_s": time.time() - started,
+                "shortened": shortened,
+                "args": vars(args),
+                "machine": _machine(),
+                "versions": versions,
+                "load": loads,
+                "results": results,
+            }
+            RESULTS.mkdir(exist_ok=True)
+            text = json.dumps(_clean(doc), indent=1, default=str)
+            path.write_text(text)  # after every scenario: a later failure keeps the earlier
+            return text
+
+        def run(name: str, title: str, fn: Any) -> None:
+            phase(title)
+            try:
+                results[name] = fn()
+            except Exception as exc:  # recorded; the other scenarios still run
+                print(f"  {name} FAILED: {exc!r}", flush=True)
+                results[f"{name}_error"] = repr(exc)
+            save()
 
         if "backlog" in only:
-            phase("scale 1. backlog")
             sizes = [args.backlog_small, args.backlog]
             workers = [int(w) for w in args.backlog_workers.split(",")]
-            results["backlog"] = backlog(ctx, sizes, workers, shortened)
+            run(
+                "backlog",
+                "scale 1. backlog",
+                lambda: backlog(ctx, sizes, workers, shortened, args.backlog_rounds),
+            )
         if "soak" in only:
-            phase("scale 2. soak")
-            t0 = time.monotonic()
-            while len(backend_pids(ctx, "usename = %s AND query LIKE 'CALL pgdispatch.work(%%'",
-                                   (APP_ROLE,))) < APP_WORKERS and time.monotonic() - t0 < 90:
-                time.sleep(0.5)
+            wait_until(
+                lambda: (
+                    len(
+                        backend_pids(
+                            ctx,
+                            "usename = %s AND query LIKE 'CALL pgdispatch.work(%%'",
+                            (APP_ROLE,),
+                        )
+                    )
+                    >= APP_WORKERS
+                ),
+                90,
+                0.5,
+            )
             retention = args.soak_retention if args.soak_retention else args.soak / 5
-            results["soak"] = soak(ctx, args.soak_rate, args.soak, retention,
-                                   args.soak_prune_batch)
+            run(
+                "soak",
+                "scale 2. soak",
+                lambda: soak(ctx, args.soak_rate, args.soak, retention, args.soak_prune_batch),
+            )
         if "roles" in only:
-            phase("scale 3. many idle roles")
-            results["roles"] = many_roles(ctx, args.roles, args.roles_seconds,
-                                          10.0 if shortened else 20.0)
+            run(
+                "roles",
+                "scale 3. many idle roles",
+                lambda: many_roles(
+                    ctx, args.roles, args.roles_seconds, 10.0 if shortened else 20.0
+                ),
+            )
         phase("end")
-    doc = {
-        "kind": "scale",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": time.time() - started,
-        "shortened": shortened,
-        "args": vars(args),
-        "machine": _machine(),
-        "versions": versions,
-        "load": loads,
-        "results": results,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-    text = json.dumps(_clean(doc), indent=1, default=str)
-    (RESULTS / f"scale-{stamp}{'-quick' if shortened else ''}.json").write_text(text)
-    if not shortened:
+        text = save()
+    print(f"wrote {path}")
+    if not partial:
         (RESULTS / "scale-latest.json").write_text(text)
     if not args.no_plots:
         from bench.plots import plot_scale
 
-        for path in plot_scale(json.loads(text), quick=shortened):
-            print(f"wrote {path}")
+        for img in plot_scale(json.loads(text), quick=partial):
+            print(f"wrote {img}")
     return 0
