@@ -196,7 +196,7 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
                 [c["per_s"] for c in r["chunks"]],
                 "o-",
                 ms=3,
-                label=f"fill to {r['jobs'] // 1000}k ({r['workers']}w run)",
+                label=f"fill to {r['jobs'] // 1000}k ({r['workers']}w run, r{r.get('round', 1)})",
             )
         ax.set_xlabel("backlog after the chunk (thousand jobs)")
         ax.set_ylabel("dispatch() jobs/s of each chunk")
@@ -212,7 +212,7 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
                 tenths,
                 "o-",
                 ms=3,
-                label=f"{r['jobs'] // 1000}k, {r['workers']} worker(s)",
+                label=f"{r['jobs'] // 1000}k, {r['workers']} session(s), r{r.get('round', 1)}",
             )
         ax.set_xlabel("tenth of the drain")
         ax.set_ylabel("jobs/s")
@@ -230,7 +230,7 @@ def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
                     ".-",
                     ms=3,
                     lw=0.7,
-                    label=f"{r['jobs'] // 1000}k, {r['workers']} session(s)",
+                    label=f"{r['jobs'] // 1000}k, {r['workers']} session(s), r{r.get('round', 1)}",
                 )
         ax.set_xlabel("% of the drain time")
         ax.set_ylabel("claim (EXPLAIN ANALYZE) ms")
