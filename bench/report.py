@@ -251,9 +251,10 @@ def render_pgd1(pb: dict[str, Any]) -> str:
             ["caller TPS ratio", "1 client", "2 clients"],
             [[k, r["1"], r["2"]] for k, r in o["ratios"].items()],
         )
-        + f"\n\npgd1 cron jobs deleted unrun after the latency / drain / caller scenarios: "
-        f"{pb['pending_after_latency']} / {pb['pending_after_drain']} / "
-        f"{pb['pending_after_overhead']} (after each pgbench run of the caller scenario too)."
+        + f"\n\npgd1 cron jobs not yet run at the end of the latency / drain scenarios: "
+        f"{pb['pending_after_latency']} / {pb['pending_after_drain']} (deleted). In the caller "
+        "scenario each pgbench run's pgd1 jobs were deleted unrun after it"
+        + (f": {o['deleted_unrun'].get('pgd1', 0):,} in all." if "deleted_unrun" in o else ".")
     )
 
 
