@@ -347,6 +347,7 @@ class PgDispatch1(Peer):
         with ctx.connect() as conn:
             for stmt in (
                 "CREATE SCHEMA bench_pgd1",
+                f"GRANT USAGE ON SCHEMA cron TO {APP_ROLE}",  # cron.schedule as the caller
                 f"GRANT USAGE ON SCHEMA bench_pgd1 TO {APP_ROLE}",
                 """CREATE FUNCTION bench_pgd1.fire(command text) RETURNS void
                    LANGUAGE plpgsql AS $$

@@ -103,3 +103,145 @@ def plot_all(doc: dict[str, Any], quick: bool = False) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_scale(doc: dict[str, Any], quick: bool = False) -> list[Path]:
+    """The scale run's plots: the soak over time, dispatch and drain rates by backlog."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing (pip install matplotlib): no plots")
+        return []
+    out_dir = QUICK_IMG if quick else IMG
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = doc["results"]
+    conf = doc.get("versions", {}).get("configuration", "")
+    written = []
+    mb = 1024 * 1024
+
+    s = res.get("soak")
+    if s:
+        fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True)
+        start = s["start_ms_per_minute"]
+        effect = s["effect_ms_per_minute"]
+        ax = axes[0]
+        ax.plot(
+            [m["minute"] for m in start],
+            [m["p99"] for m in start],
+            "o-",
+            label="fire to start, p99",
+        )
+        ax.plot(
+            [m["minute"] for m in start],
+            [m["p50"] for m in start],
+            "o-",
+            label="fire to start, p50",
+        )
+        ax.plot(
+            [m["minute"] for m in effect],
+            [m["p99"] for m in effect],
+            "x--",
+            label="fire to effect, p99",
+        )
+        ax.axhline(5.0, color="r", lw=0.8, ls=":", label="target p99 5 ms")
+        ax.set_ylabel("ms (per minute)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(
+            f"Soak: {s['target_rate']} dispatches/s for {s['seconds'] / 60:.0f} min, "
+            f"retention {s['settings']['retention']}, prune_batch "
+            f"{s['settings']['prune_batch']} per {s['settings']['prune_interval']}",
+            fontsize=9,
+        )
+        samples = s["samples"]
+        ax = axes[1]
+        ax.plot([x["t"] / 60 + 1 for x in samples], [x["age_s"] * 1000 for x in samples], lw=0.7)
+        ax.axhline(1000, color="r", lw=0.8, ls=":", label="target 1 s")
+        ax.set_ylabel("oldest queued job (ms)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        sized = [x for x in samples if "job.total" in x]
+        ax = axes[2]
+        ts = [x["t"] / 60 + 1 for x in sized]
+        for key, label in (
+            ("job.total", "pgdispatch.job"),
+            ("job.indexes", "pgdispatch.job indexes"),
+            ("job_history.total", "pgdispatch.job_history"),
+            ("job_history.indexes", "pgdispatch.job_history indexes"),
+        ):
+            ax.plot(ts, [x[key] / mb for x in sized], label=label)
+        ax.set_ylabel("MB (pg_total_relation_size)")
+        ax.set_xlabel("minute of the soak")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.text(0.01, 0.005, conf, fontsize=6)
+        fig.tight_layout()
+        path = out_dir / "scale_soak.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    b = res.get("backlog")
+    if b:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+        ax = axes[0]
+        for r in b["runs"]:
+            ax.plot(
+                [c["backlog_after"] / 1000 for c in r["chunks"]],
+                [c["per_s"] for c in r["chunks"]],
+                "o-",
+                ms=3,
+                label=f"fill to {r['jobs'] // 1000}k ({r['workers']}w run, r{r.get('round', 1)})",
+            )
+        ax.set_xlabel("backlog after the chunk (thousand jobs)")
+        ax.set_ylabel("dispatch() jobs/s of each chunk")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("Dispatch rate as the backlog grows", fontsize=9)
+        ax = axes[1]
+        for r in b["runs"]:
+            tenths = r["jobs_per_s_by_tenth"]
+            ax.plot(
+                range(1, len(tenths) + 1),
+                tenths,
+                "o-",
+                ms=3,
+                label=f"{r['jobs'] // 1000}k, {r['workers']} session(s), r{r.get('round', 1)}",
+            )
+        ax.set_xlabel("tenth of the drain")
+        ax.set_ylabel("jobs/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("Drain rate as the backlog shrinks", fontsize=9)
+        ax = axes[2]
+        for r in b["runs"]:
+            probes = r.get("claim_during_drain") or []
+            if probes and r.get("drain_s"):
+                ax.plot(
+                    [100 * p[0] / r["drain_s"] for p in probes],
+                    [p[1] for p in probes],
+                    ".-",
+                    ms=3,
+                    lw=0.7,
+                    label=f"{r['jobs'] // 1000}k, {r['workers']} session(s), r{r.get('round', 1)}",
+                )
+        ax.set_xlabel("% of the drain time")
+        ax.set_ylabel("claim (EXPLAIN ANALYZE) ms")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("work()'s claim of 60 jobs, probed every second", fontsize=9)
+        fig.text(0.01, 0.005, conf, fontsize=6)
+        fig.tight_layout()
+        path = out_dir / "scale_backlog.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

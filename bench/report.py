@@ -1,5 +1,8 @@
 """Markdown tables of a result file: ``python -m bench.report [bench/results/latest.json]``.
 
+Also of a scale run (``scale-latest.json``) and of the pg_dispatch 1.x baseline alone
+(``pgd1-latest.json``).
+
 docs/benchmarks.md quotes these tables; regenerate them after a full run.
 """
 
@@ -209,15 +212,195 @@ def render(doc: dict[str, Any]) -> str:
             ],
         )
     )
+    pb = res.get("pgd1_baseline")
+    if pb:
+        parts.append(render_pgd1(pb))
     if doc.get("notes"):
         parts.append("Notes: " + " ".join(doc["notes"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_pgd1(pb: dict[str, Any]) -> str:
+    """The pg_dispatch 1.x baseline (bench/pgd1.py) beside pgdispatch on its server."""
+    head = f"### pg_dispatch 1.x baseline ({pb.get('configuration')}, a server of its own)"
+    if pb.get("skipped"):
+        return f"{head}\n\nSkipped: {pb['skipped']}"
+    rows = []
+    for name, r in pb["latency"].items():
+        if "start_ms" in r:
+            s = r["start_ms"]
+            rows.append([f"{name}: fire to start", s["n"], s["p50"], s["p99"], s["max"]])
+        e = r["effect_ms"]
+        rows.append([f"{name}: fire to effect", e["n"], e["p50"], e["p99"], e["max"]])
+    o = pb["overhead"]
+    return (
+        f"{head}\n\nPostgreSQL {pb['postgresql']}, pg_cron {pb['pg_cron']} "
+        f"(cron.max_running_jobs {pb['cron_max_running_jobs']}), pgdispatch {pb['pgdispatch']} "
+        f"with workers of the benchmark's own sessions; {pb['duration_s']:.0f} s.\n\n"
+        + _table(["latency (ms)", "n", "p50", "p99", "max"], rows)
+        + "\n\n"
+        + _table(
+            ["drain, one INSERT ... SELECT", "jobs", "completed", "jobs/s", "span s", "all done"],
+            [
+                [k, r["jobs"], r["completed"], r["jobs_per_s"], r["effect_span_s"], r["all_done"]]
+                for k, r in pb["peer_drain"].items()
+            ],
+        )
+        + "\n\n"
+        + _table(
+            ["caller TPS ratio", "1 client", "2 clients"],
+            [[k, r["1"], r["2"]] for k, r in o["ratios"].items()],
+        )
+        + f"\n\npgd1 cron jobs not yet run at the end of the latency / drain scenarios: "
+        f"{pb['pending_after_latency']} / {pb['pending_after_drain']} (deleted). In the caller "
+        "scenario each pgbench run's pgd1 jobs were deleted unrun after it"
+        + (f": {o['deleted_unrun'].get('pgd1', 0):,} in all." if "deleted_unrun" in o else ".")
+    )
+
+
+def render_scale(doc: dict[str, Any]) -> str:
+    """Markdown tables of a scale run (bench/scale.py)."""
+    res, v, m = doc["results"], doc["versions"], doc["machine"]
+    mb = 1024 * 1024
+    parts = [
+        f"Scale run {doc['started_at']}, {doc['duration_s']:.0f} s"
+        + (" (shortened)" if doc.get("shortened") else "")
+        + f". {v['configuration']}: PostgreSQL {v['postgresql']}, pg_cron {v['pg_cron']} "
+        f"(worker schedule `{v['worker_schedule']}`), fsync {v['fsync']}, synchronous_commit "
+        f"{v['synchronous_commit']}, pgdispatch {v['pgdispatch']}. Machine: {m['nproc']} cores "
+        f"({m['cpu']}), {m['memory_gb']} GB. Load average (1 min) at each phase: "
+        + ", ".join(f"{k} {val[0]:.2f}" for k, val in doc["load"].items())
+        + "."
+    ]
+    b = res.get("backlog")
+    if b:
+        parts.append(
+            "#### Backlog\n\n"
+            + _table(
+                [
+                    "jobs",
+                    "drain sessions",
+                    "dispatch jobs/s (fill)",
+                    "last chunk jobs/s",
+                    "drain jobs/s",
+                    "claim ms at full backlog",
+                    "claim ms during drain (median / max)",
+                    "caller TPS",
+                    "queue MB (indexes)",
+                ],
+                [
+                    [
+                        r["jobs"],
+                        r["workers"],
+                        r["dispatch_per_s"],
+                        r["chunks"][-1]["per_s"],
+                        r["jobs_per_s"],
+                        r.get("claim", {}).get("ms_median"),
+                        f"{r.get('claim_during_drain_ms_median', float('nan')):.3f} / "
+                        f"{r.get('claim_during_drain_ms_max', float('nan')):.3f}",
+                        r.get("caller_tps"),
+                        f"{r['sizes_queued']['job.total'] / mb:.0f} "
+                        f"({r['sizes_queued']['job.indexes'] / mb:.0f})",
+                    ]
+                    for r in b["runs"]
+                ],
+            )
+            + f"\n\nEmpty queue: claim {b['claim_empty']['ms_median']:.3f} ms, caller "
+            f"{b['caller_tps_empty']:,.0f} TPS.\n\n"
+            + _table(
+                ["ratio (large / small backlog)", "value"],
+                [[k, val] for k, val in b["ratios"].items()],
+            )
+        )
+    s = res.get("soak")
+    if s:
+        sized = [x for x in s["samples"] if "job.total" in x]
+
+        def at(minute: int, key: str) -> float | None:
+            vals = [x[key] for x in sized if x["t"] <= minute * 60]
+            return vals[-1] / mb if vals else None
+
+        eff = {x["minute"]: x for x in s["effect_ms_per_minute"]}
+        age = {x["minute"]: x for x in s["backlog_age_s_per_minute"]}
+        que = {x["minute"]: x for x in s["queue_per_minute"]}
+        g = s["growth_in_window"]
+        parts.append(
+            f"#### Soak: {s['target_rate']} dispatches/s for {s['seconds']:.0f} s, retention "
+            f"{s['settings']['retention']}, prune_batch {s['settings']['prune_batch']} per "
+            f"{s['settings']['prune_interval']}\n\n"
+            + _table(
+                [
+                    "minute",
+                    "jobs",
+                    "start p50 ms",
+                    "start p99 ms",
+                    "start max ms",
+                    "effect p99 ms",
+                    "max backlog age s",
+                    "max queue",
+                    "job MB",
+                    "history MB",
+                ],
+                [
+                    [
+                        x["minute"],
+                        x["n"],
+                        x["p50"],
+                        x["p99"],
+                        x["max"],
+                        eff.get(x["minute"], {}).get("p99"),
+                        age.get(x["minute"], {}).get("max"),
+                        que.get(x["minute"], {}).get("max"),
+                        at(x["minute"], "job.total"),
+                        at(x["minute"], "job_history.total"),
+                    ]
+                    for x in s["start_ms_per_minute"]
+                ],
+            )
+            + f"\n\npgbench {s['pgbench_tps']:,.0f} TPS, {s['dispatched']:,} dispatched, "
+            f"{s['effects']:,} effects, {s['lost']} lost, {s['duplicated']} duplicated, "
+            f"{s['failed']} failed. Growth in the last {s['growth_window_s']:.0f} s: "
+            f"pgdispatch.job {g['job.total'] / mb:+.1f} MB, job_history "
+            f"{g['job_history.total'] / mb:+.1f} MB ({g['history_rows']:+,.0f} rows)."
+        )
+    r = res.get("roles")
+    if r:
+        parts.append(
+            f"#### {r['roles']} idle roles, one worker + watchdog each, {r['seconds']:.0f} s\n\n"
+            + _table(
+                ["figure", "value"],
+                [
+                    ["server CPU before the roles started (% of a core)", r["baseline_server_pct"]],
+                    [f"server CPU with {r['roles']} idle roles", r["server_pct"]],
+                    ["server CPU per role (difference / roles)", r["server_pct_per_role"]],
+                    ["a role's worker + watchdog backends, mean", r["backends_pct_per_role_mean"]],
+                    ["a role's worker + watchdog backends, max", r["backends_pct_per_role_max"]],
+                    ["pg_cron launcher", r["launcher_pct"]],
+                    [
+                        "connections, all (mean / max)",
+                        f"{r['connections_total_mean']:.1f} / {r['connections_total_max']}",
+                    ],
+                    [
+                        "connections per role (mean)",
+                        sum(x["connections_mean"] for x in r["per_role"].values()) / r["roles"],
+                    ],
+                    ["cron.max_running_jobs (set for the run)", r["cron_max_running_jobs"]],
+                ],
+            )
+        )
     return "\n\n".join(parts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     path = Path(args[0]) if args else DEFAULT
-    print(render(json.loads(path.read_text())))
+    doc = json.loads(path.read_text())
+    if doc.get("kind") == "scale":
+        print(render_scale(doc))
+    elif doc.get("kind") == "pgd1":
+        print(render_pgd1(doc["results"]["pgd1_baseline"]))
+    else:
+        print(render(doc))
     return 0
 
 

@@ -1,5 +1,8 @@
 """Run the sa_pgdispatch benchmarks: ``.venv/bin/python -m bench [--quick] [--url URL]``.
 
+``--scale`` runs the scale scenarios instead (bench/scale.py: a 1M backlog, a soak, many
+idle roles) on a server of their own.
+
 Starts a durable ephemeral PostgreSQL with pg_cron (unless ``--url``), installs
 pgdispatch and the peers, runs the scenarios of docs/benchmarks.md, prints a table
 per scenario and writes ``bench/results/<timestamp>.json`` and ``latest.json``.
@@ -67,11 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
     parser.add_argument("--url", help="use this server (libpq DSN, superuser, pg_cron database)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer comparisons")
+    parser.add_argument(
+        "--no-pgd1",
+        action="store_true",
+        help="skip the pg_dispatch 1.x baseline (run on a pg_cron 1.6.7 server when the "
+        "main server's pg_cron cannot run it)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="do not write docs/img/*.png")
     parser.add_argument(
         "--idle", type=float, default=None, help="idle period in seconds (default 60; quick 10)"
     )
+    from bench.scale import add_arguments, run_scale
+
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.scale:
+        return run_scale(args)
     started = time.time()
     load_start = load_average()
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
@@ -144,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         phase("6. sustained")
         rate, seconds = (500, 10.0) if args.quick else (2000, 60.0)
         results["sustained"] = scenarios.sustained(ctx, rate, seconds)
+        if any(p.name == "pgd1" and not p.available for p in peers) and not args.no_pgd1:
+            phase("pg_dispatch 1.x baseline (a server of its own)")
+            from bench.pgd1 import run_baseline
+
+            for peer in peers:
+                peer.stop()  # their workers: not part of that server's measurements
+            results["pgd1_baseline"] = run_baseline(args.quick)
         phase("end")
 
         versions = {
