@@ -331,46 +331,37 @@ def drain(ctx: Ctx, n: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="3 s x 1 round; 10,000 jobs")
-    parser.add_argument("--seconds", type=float, default=None, help="pgbench s per round (10)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (3)")
-    parser.add_argument("--jobs", type=int, default=None, help="jobs per drain (100,000)")
-    parser.add_argument(
-        "--async-commit", action="store_true", help="part 1 with synchronous_commit off (CPU)"
-    )
-    args = parser.parse_args(argv)
-    seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 10.0)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    jobs = args.jobs if args.jobs is not None else (10_000 if args.quick else 100_000)
+def prepare(ctx: Ctx, install_pgdispatch: bool) -> dict[str, Any]:
+    """Create the ``limits`` schema, its role and references (pgdispatch too, if asked)."""
+    from sa_pgdispatch.install import install, installed_version
 
-    from sa_pgdispatch.install import install
-    from sa_pgdispatch.testing import EphemeralPostgres
-
-    started = time.time()
-    loads: dict[str, Any] = {"start": load_average()}
-    with EphemeralPostgres(durable=True) as server:
-        ctx = Ctx(dsn=server.dsn, pgbench=server.bin_dir / "pgbench", quick=args.quick)
-        with ctx.connect() as conn:
+    with ctx.connect() as conn:
+        if install_pgdispatch:
             with conn.transaction():
-                version = install(conn, workers=None)
-            for stmt in _SETUP:
-                conn.execute(stmt)
-            info = {
-                "pgdispatch": version,
-                "postgresql": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
-            }
-        with ctx.connect(ROLE) as conn:
-            conn.execute("SELECT pgdispatch.stop()")  # the queue only grows (caller part)
-        print(f"PostgreSQL {info['postgresql']}, pgdispatch {version}", flush=True)
-        if args.async_commit:
-            ctx.sql(f"ALTER ROLE {ROLE} SET synchronous_commit = off")
-        caller_res = caller(ctx, seconds, rounds)
-        ctx.sql(f"ALTER ROLE {ROLE} RESET synchronous_commit")
-        loads["caller_end"] = load_average()
-        drain_res = drain(ctx, jobs, rounds)
-        loads["end"] = load_average()
+                install(conn, workers=None)
+        for stmt in _SETUP:
+            conn.execute(stmt)
+        info = {
+            "pgdispatch": installed_version(conn),
+            "postgresql": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
+        }
+    with ctx.connect(ROLE) as conn:
+        conn.execute("SELECT pgdispatch.stop()")  # the queue only grows (caller part)
+    return info
+
+
+def measure(
+    ctx: Ctx, seconds: float, rounds: int, jobs: int, async_commit: bool = False
+) -> dict[str, Any]:
+    """Parts 1 and 2 on a server :func:`prepare` has set up; prints the ratios."""
+    loads: dict[str, Any] = {"start": load_average()}
+    if async_commit:
+        ctx.sql(f"ALTER ROLE {ROLE} SET synchronous_commit = off")
+    caller_res = caller(ctx, seconds, rounds)
+    ctx.sql(f"ALTER ROLE {ROLE} RESET synchronous_commit")
+    loads["caller_end"] = load_average()
+    drain_res = drain(ctx, jobs, rounds)
+    loads["end"] = load_average()
 
     c_ratio = caller_res["ratio_pgdispatch_over_minimal"]
     d_ratio = drain_res["ratio_pgdispatch_over_limit"]
@@ -394,6 +385,40 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     table("pgdispatch / hand-written limit", ["figure", "ratio", "target", "met"], rows)
+    return {
+        "seconds": seconds,
+        "rounds": rounds,
+        "jobs": jobs,
+        "async_commit": async_commit,
+        "load": loads,
+        "caller": caller_res,
+        "drain": drain_res,
+        "targets": {"caller_over_minimal": TARGET_CALLER, "drain_over_limit": TARGET_DRAIN},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 s x 1 round; 10,000 jobs")
+    parser.add_argument("--seconds", type=float, default=None, help="pgbench s per round (10)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (3)")
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per drain (100,000)")
+    parser.add_argument(
+        "--async-commit", action="store_true", help="part 1 with synchronous_commit off (CPU)"
+    )
+    args = parser.parse_args(argv)
+    seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 10.0)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    jobs = args.jobs if args.jobs is not None else (10_000 if args.quick else 100_000)
+
+    from sa_pgdispatch.testing import EphemeralPostgres
+
+    started = time.time()
+    with EphemeralPostgres(durable=True) as server:
+        ctx = Ctx(dsn=server.dsn, pgbench=server.bin_dir / "pgbench", quick=args.quick)
+        info = prepare(ctx, install_pgdispatch=True)
+        print(f"PostgreSQL {info['postgresql']}, pgdispatch {info['pgdispatch']}", flush=True)
+        res = measure(ctx, seconds, rounds, jobs, args.async_commit)
 
     doc = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -403,10 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "git": _git(),
         "server": info,
-        "load": loads,
-        "caller": caller_res,
-        "drain": drain_res,
-        "targets": {"caller_over_minimal": TARGET_CALLER, "drain_over_limit": TARGET_DRAIN},
+        "load": res["load"],
+        "caller": res["caller"],
+        "drain": res["drain"],
+        "targets": res["targets"],
     }
     RESULTS.mkdir(exist_ok=True)
     name = "limits-latest-quick" if args.quick else "limits-latest"

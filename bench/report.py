@@ -3,7 +3,11 @@
 Also of a scale run (``scale-latest.json``) and of the pg_dispatch 1.x baseline alone
 (``pgd1-latest.json``).
 
-docs/benchmarks.md quotes these tables; regenerate them after a full run.
+docs/benchmarks.md quotes these tables; regenerate them after a full run. ``--targets``
+prints only the table of issue 14's targets (docs/benchmarks.md, "Targets (issue 14)"),
+from the file's ``targets`` or, for a file written before they were saved, computed from
+its results (bench/targets.py). ``--limits FILE`` takes the limits' figures from a
+``python -m bench.limits`` result instead (a main run with ``--no-limits``, or older).
 """
 
 from __future__ import annotations
@@ -32,6 +36,90 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def render_targets(doc: dict[str, Any]) -> str:
+    """Issue 14's targets, met or missed: one markdown table."""
+    from bench.targets import evaluate, verdict
+
+    rows = doc.get("targets") or evaluate(doc["results"])
+    if doc["results"].get("limits", {}).get("from_file"):
+        rows = evaluate(doc["results"])
+    head = (
+        f"`python -m bench{' --quick' if doc.get('quick') else ''}`, run {doc['started_at']}, "
+        f"{doc['duration_s']:.0f} s"
+        + ("" if doc["results"].get("limits") else "; the limits were not part of this run")
+        + "."
+    )
+    lim = doc["results"].get("limits")
+    if lim and lim.get("from_file"):
+        head += (
+            f" Limits from `{lim['from_file']}` (`python -m bench.limits`, run "
+            f"{lim['started_at']}, {lim['duration_s']:.0f} s)."
+        )
+    return (
+        head
+        + "\n\n"
+        + _table(
+            ["target", "threshold", "measured", "verdict", "detail"],
+            [
+                [
+                    t["target"],
+                    t["threshold"],
+                    t["value"],
+                    verdict(t["met"]) if t["met"] is not False else "**missed**",
+                    t["detail"] if t["met"] is not None else "",
+                ]
+                for t in rows
+            ],
+        )
+    )
+
+
+def limits_from_file(path: Path) -> dict[str, Any]:
+    """A ``python -m bench.limits`` result in the form of a main run's ``limits``."""
+    lim = json.loads(path.read_text())
+    return {
+        "from_file": path.name,
+        "started_at": lim["started_at"],
+        "duration_s": lim["duration_s"],
+        "caller": lim["caller"],
+        "drain": lim["drain"],
+        "jobs": lim["drain"]["jobs"],
+    }
+
+
+def render_limits(lim: dict[str, Any]) -> str:
+    """The hand-written limits part of a main run (bench/limits.py's figures)."""
+    c, d = lim["caller"], lim["drain"]
+    rows: list[list[Any]] = []
+    for n in ("1", "2"):
+        tps = {v: c["median_tps"][v][n] for v in ("plain", "minimal", "pgdispatch")}
+        rows.append(
+            [
+                f"caller TPS, {n} client(s)",
+                tps["plain"],
+                tps["minimal"],
+                tps["pgdispatch"],
+                c["ratio_pgdispatch_over_minimal"][n],
+            ]
+        )
+    for n in ("1", "2"):
+        rate = {v: d["median_jobs_per_s"][v][n] for v in ("limit", "pgdispatch")}
+        rows.append(
+            [
+                f"drain jobs/s, {n} session(s)",
+                None,
+                rate["limit"],
+                rate["pgdispatch"],
+                d["ratio_pgdispatch_over_limit"][n],
+            ]
+        )
+    return (
+        f"### Against the hand-written limit (caller: median of {c['rounds']} x "
+        f"{c['seconds']:.0f} s; drain: {d['jobs']:,} jobs, median of {d['rounds']})\n\n"
+        + _table(["figure", "plain", "limit", "pgdispatch", "pgdispatch / limit"], rows)
+    )
+
+
 def render(doc: dict[str, Any]) -> str:
     res = doc["results"]
     parts: list[str] = []
@@ -50,6 +138,7 @@ def render(doc: dict[str, Any]) -> str:
         + ", ".join(f"{k} {val[0]:.2f}" for k, val in load.items())
         + "."
     )
+    parts.append("### Targets (issue 14)\n\n" + render_targets(doc))
     o = res["overhead"]
     parts.append(
         f"### 1. Caller overhead (pgbench TPS, median of {o['rounds']} interleaved rounds of "
@@ -212,6 +301,8 @@ def render(doc: dict[str, Any]) -> str:
             ],
         )
     )
+    if res.get("limits"):
+        parts.append(render_limits(res["limits"]))
     pb = res.get("pgd1_baseline")
     if pb:
         parts.append(render_pgd1(pb))
@@ -393,9 +484,20 @@ def render_scale(doc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else DEFAULT
+    targets_only = "--targets" in args
+    limits_file = None
+    if "--limits" in args:
+        i = args.index("--limits")
+        limits_file = Path(args[i + 1])
+        args = args[:i] + args[i + 2 :]
+    files = [a for a in args if a != "--targets"]
+    path = Path(files[0]) if files else DEFAULT
     doc = json.loads(path.read_text())
-    if doc.get("kind") == "scale":
+    if limits_file is not None:
+        doc["results"]["limits"] = limits_from_file(limits_file)
+    if targets_only:
+        print(render_targets(doc))
+    elif doc.get("kind") == "scale":
         print(render_scale(doc))
     elif doc.get("kind") == "pgd1":
         print(render_pgd1(doc["results"]["pgd1_baseline"]))

@@ -1,11 +1,17 @@
 """Run the sa_pgdispatch benchmarks: ``.venv/bin/python -m bench [--quick] [--url URL]``.
 
+Unless ``--no-limits``, the same run then measures pgdispatch against the hand-written
+limits of bench/limits.py on the same server (caller trigger vs a minimal trigger,
+``work()`` vs a SKIP LOCKED loop) and ends with one table of issue 14's targets, met or
+missed (bench/targets.py), also saved in the JSON (``targets``).
+
 ``--scale`` runs the scale scenarios instead (bench/scale.py: a 1M backlog, a soak, many
 idle roles) on a server of their own.
 
 Starts a durable ephemeral PostgreSQL with pg_cron (unless ``--url``), installs
 pgdispatch and the peers, runs the scenarios of docs/benchmarks.md, prints a table
-per scenario and writes ``bench/results/<timestamp>.json`` and ``latest.json``.
+per scenario and writes ``bench/results/<timestamp>.json`` and ``latest.json`` (``--quick``:
+``<timestamp>-quick.json`` and ``latest-quick.json``; latest.json is left alone).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def _clean(obj: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
     parser.add_argument("--url", help="use this server (libpq DSN, superuser, pg_cron database)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer comparisons")
     parser.add_argument(
@@ -75,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the pg_dispatch 1.x baseline (run on a pg_cron 1.6.7 server when the "
         "main server's pg_cron cannot run it)",
+    )
+    parser.add_argument(
+        "--no-limits",
+        action="store_true",
+        help="skip the hand-written limits (bench/limits.py; ~4 min, quick ~20 s)",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not write docs/img/*.png")
     parser.add_argument(
@@ -158,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         phase("6. sustained")
         rate, seconds = (500, 10.0) if args.quick else (2000, 60.0)
         results["sustained"] = scenarios.sustained(ctx, rate, seconds)
+        if not args.no_limits:
+            phase("limits: pgdispatch / hand-written (bench/limits.py)")
+            results["limits"] = _limits(ctx, peers, args.quick)
         if any(p.name == "pgd1" and not p.available for p in peers) and not args.no_pgd1:
             phase("pg_dispatch 1.x baseline (a server of its own)")
             from bench.pgd1 import run_baseline
@@ -197,11 +211,18 @@ def main(argv: list[str] | None = None) -> int:
             "app_workers": APP_WORKERS,
             "results": results,
         }
+    from bench.targets import evaluate, verdict
+
+    # from the JSON form, as bench/report.py reads it back
+    doc = json.loads(json.dumps(_clean(doc), default=str))
+    doc["targets"] = evaluate(doc["results"])
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-    text = json.dumps(_clean(doc), indent=1, default=str)
-    (RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json").write_text(text)
-    (RESULTS / "latest.json").write_text(text) if not args.quick else None
+    text = json.dumps(doc, indent=1)
+    suffix = "-quick" if args.quick else ""
+    (RESULTS / f"{stamp}{suffix}.json").write_text(text)
+    (RESULTS / f"latest{suffix}.json").write_text(text)
+    print(f"wrote {RESULTS / f'{stamp}{suffix}.json'} and latest{suffix}.json")
     if not args.no_plots:
         from bench.plots import plot_all
 
@@ -212,7 +233,37 @@ def main(argv: list[str] | None = None) -> int:
         ["duration s", "load start", "load end"],
         [[doc["duration_s"], loads["start"][0], loads["end"][0]]],
     )
+    table(
+        "targets (issue 14)"
+        + (" - quick run: smaller workloads, not the targets' figures" if args.quick else ""),
+        ["target", "threshold", "measured", "verdict", "detail"],
+        [
+            [t["target"], t["threshold"], t["value"], verdict(t["met"]), t["detail"]]
+            for t in doc["targets"]
+        ],
+    )
     return 0
+
+
+def _limits(ctx: Ctx, peers: list[Any], quick: bool) -> dict[str, Any]:
+    """bench/limits.py's parts 1 and 2 on this server, once the scenarios are done.
+
+    The peers' processes are stopped and every role's job history deleted first, so
+    that pgdispatch's tables are in the state of bench.limits' own server; the app
+    role's two workers and watchdog idle on (about 2% of a core).
+    """
+    from bench import limits
+
+    for peer in peers:
+        peer.stop()
+    with ctx.connect() as conn:
+        conn.execute("DELETE FROM pgdispatch.job_history")
+        conn.execute("VACUUM (ANALYZE) pgdispatch.job_history")
+    info = limits.prepare(ctx, install_pgdispatch=False)
+    seconds, rounds, jobs = (3.0, 1, 10_000) if quick else (10.0, 3, 100_000)
+    out = limits.measure(ctx, seconds, rounds, jobs)
+    out["server"] = info
+    return out
 
 
 if __name__ == "__main__":
