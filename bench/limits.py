@@ -339,8 +339,12 @@ def prepare(ctx: Ctx, install_pgdispatch: bool) -> dict[str, Any]:
         if install_pgdispatch:
             with conn.transaction():
                 install(conn, workers=None)
+        # a rerun on the same server (python -m bench --url): the role stays
+        conn.execute("DROP SCHEMA IF EXISTS limits CASCADE")
+        role_exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()
         for stmt in _SETUP:
-            conn.execute(stmt)
+            if not (role_exists and stmt.startswith("CREATE ROLE")):
+                conn.execute(stmt)
         info = {
             "pgdispatch": installed_version(conn),
             "postgresql": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import scenarios
-from bench.common import APP_ROLE, Ctx, load_average, table
+from bench.common import APP_ROLE, DRAIN_ROLE, STOPPED_ROLE, Ctx, load_average, table
 from bench.peers import all_peers
 from bench.setup import setup_database
 
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 def _limits(ctx: Ctx, peers: list[Any], quick: bool) -> dict[str, Any]:
     """bench/limits.py's parts 1 and 2 on this server, once the scenarios are done.
 
-    The peers' processes are stopped and every role's job history deleted first, so
+    The peers' processes are stopped and the benchmark roles' job history deleted first, so
     that pgdispatch's tables are in the state of bench.limits' own server; the app
     role's two workers and watchdog idle on (about 2% of a core).
     """
@@ -256,8 +256,11 @@ def _limits(ctx: Ctx, peers: list[Any], quick: bool) -> dict[str, Any]:
 
     for peer in peers:
         peer.stop()
-    with ctx.connect() as conn:
-        conn.execute("DELETE FROM pgdispatch.job_history")
+    with ctx.connect() as conn:  # the benchmark's roles only (--url: a server of yours)
+        conn.execute(
+            "DELETE FROM pgdispatch.job_history WHERE role = ANY(%s)",
+            ([APP_ROLE, DRAIN_ROLE, STOPPED_ROLE, limits.ROLE],),
+        )
         conn.execute("VACUUM (ANALYZE) pgdispatch.job_history")
     info = limits.prepare(ctx, install_pgdispatch=False)
     seconds, rounds, jobs = (3.0, 1, 10_000) if quick else (10.0, 3, 100_000)
