@@ -141,6 +141,15 @@ DROP INDEX pgdispatch.job_key_queued;
 CREATE UNIQUE INDEX job_key_queued ON pgdispatch.job (role_id, job_key) WHERE job_key IS NOT NULL;
 DROP INDEX pgdispatch.job_history_role_finished;
 CREATE INDEX job_history_role_finished ON pgdispatch.job_history (role_id, finished_at);
+-- Autovacuum of the queue by its dead rows alone: every finished job leaves a dead row
+-- (and dead entries at the head of job_claim, which every claim steps over until vacuum
+-- removes them). The default, 20% of the table, let 200,000 pile up over a backlog of
+-- 1,000,000 (a claim read 3,000-4,000 buffers instead of about 200). Its inserts need no
+-- vacuum of their own: every one is deleted soon after. The history keeps the defaults:
+-- prune() deletes from the head of its index once per pass, not once per job, and a
+-- history of 7 days of jobs is too large to vacuum every 10,000 rows.
+ALTER TABLE pgdispatch.job SET (autovacuum_vacuum_scale_factor = 0,
+                                autovacuum_vacuum_threshold = 10000);
 -- Row level security by role_id: pg_has_role(role_id, 'USAGE'), the role itself or a role
 -- whose privileges it has (and may SET ROLE to: nothing it could not read or write
 -- anyway). It costs next to nothing per row and needs no per-statement set-up: an exact
@@ -484,7 +493,8 @@ DECLARE
   t_job timestamptz;
   t_last_job timestamptz := clock_timestamp();
   t_settings timestamptz := clock_timestamp();
-  t_prune timestamptz := clock_timestamp();
+  next_prune timestamptz := clock_timestamp();  -- slot 1: when to prune the history next
+  pruned bigint;
   sleep_s double precision;
   claimed integer := 0;
   -- outcomes of the current batch
@@ -598,6 +608,22 @@ BEGIN
 
   seen_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
   LOOP
+   -- Retention (slot 1), between batches: one pass of at most prune_batch rows, in a
+   -- transaction of its own. A full pass means more is due: the next one follows after
+   -- three times as long as this one took (at most a quarter of the worker's time, at the
+   -- next batch boundary or idle moment), so that pruning keeps up with any completion
+   -- rate; otherwise the next pass is prune_interval away. (One pass every prune_interval
+   -- capped it at prune_batch / prune_interval rows a second: 100 by default.)
+   IF slot = 1 AND clock_timestamp() >= next_prune THEN
+     t_now := clock_timestamp();
+     pruned := pgdispatch.prune(cfg.prune_batch);
+     COMMIT;
+     IF pruned >= cfg.prune_batch THEN
+       next_prune := clock_timestamp() + (clock_timestamp() - t_now) * 3;
+     ELSE
+       next_prune := clock_timestamp() + cfg.prune_interval;
+     END IF;
+   END IF;
    IF must_claim THEN
     -- one batch: claim, run, record, commit
     IF slot > 0 THEN
@@ -876,10 +902,6 @@ BEGIN
         SELECT w.enabled INTO enabled FROM pgdispatch.worker w WHERE w.role_id = me_id;
         EXIT WHEN enabled IS DISTINCT FROM true;
       END IF;
-      IF slot = 1 AND clock_timestamp() - t_prune > cfg.prune_interval THEN
-        t_prune := clock_timestamp();
-        PERFORM pgdispatch.prune(cfg.prune_batch);
-      END IF;
     END IF;
     -- End the transaction before sleeping, and commit at least every 50 ms while idle.
     -- Inside a procedure the first statement after a COMMIT pins a snapshot until the
@@ -914,7 +936,8 @@ BEGIN
         next_claim := least(next_due, t_empty + interval '1 second',
                             t_unclaimed + cfg.poll_max);
       END IF;
-      wake := least(next_claim, deadline, t_settings + interval '1 second');
+      wake := least(next_claim, deadline, t_settings + interval '1 second',
+                    CASE WHEN slot = 1 THEN next_prune END);
       -- the poll loop: as few statements as possible per wake-up (CPU while idle)
       sleep_s := pgdispatch._poll_interval(cfg, last_activity, wake);
       LOOP

@@ -402,6 +402,49 @@ def test_workers_prune_on_their_own(db: Engine, settings) -> None:  # type: igno
     assert rows(db, "SELECT * FROM pgdispatch.jobs WHERE id = :id", id=done) == []
 
 
+def test_slot_1_prunes_as_fast_as_jobs_finish(db: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14: one prune pass (prune_batch rows) every prune_interval capped retention
+    at prune_batch / prune_interval rows a second (100 by default), and the history of a
+    faster role grew without bound. A full pass is followed by another at the next batch
+    boundary or idle moment. Here the cap is 100 rows a second: within a worker's
+    3-second run, 5,000 finished jobs and the 2,000 it runs itself (a backlog: full
+    batches, no idle moment until it is done) are all pruned, where the cap allowed
+    at most 300."""
+    run(db, "SELECT count(pgdispatch.dispatch('SELECT 1')) FROM generate_series(1, 5000)")
+    drain(db)
+    settings(retention="0 seconds", prune_batch=100, prune_interval="1 second")
+    run(db, "SELECT count(pgdispatch.dispatch('SELECT 1')) FROM generate_series(1, 2000)")
+    history = (
+        "SELECT count(*) FROM pgdispatch.job_history"
+        " WHERE role_id = to_regrole(quote_ident(current_user))"
+    )
+    assert run(db, history) >= 5000
+    _call(db, "CALL pgdispatch.work(slot => 1, max_runtime => '3 seconds')")
+    assert run(db, "SELECT count(*) FROM pgdispatch.job") == 0
+    assert run(db, history) == 0
+
+
+def test_queue_is_vacuumed_by_its_dead_rows_alone(db: Engine) -> None:
+    """Issue 14: drained jobs' dead entries at the head of job_claim slowed every claim
+    until autovacuum came, after 20% of the queue by default (200,000 dead rows over a
+    backlog of 1,000,000). The queue is vacuumed after 10,000 dead rows, whatever its
+    size; the history keeps PostgreSQL's defaults. (An upgraded install has the same
+    reloptions: tests/test_schema_versions.py compares them.)"""
+    options = {
+        r["relname"]: r["reloptions"]
+        for r in rows(
+            db,
+            "SELECT c.relname, c.reloptions FROM pg_class c"
+            " WHERE c.relnamespace = 'pgdispatch'::regnamespace"
+            " AND c.relname IN ('job', 'job_history')",
+        )
+    }
+    assert options == {
+        "job": ["autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=10000"],
+        "job_history": None,
+    }
+
+
 # -- stop() lets running jobs finish; timeouts need the watchdog -------------------------
 
 
