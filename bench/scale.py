@@ -76,20 +76,32 @@ IDLE_ROLE_PREFIX = "bench_idle_"
 _CLAIM_RE = re.compile(r"FOR\s+j\s+IN\s+(SELECT\b.*?SKIP\s+LOCKED)\s+LOOP", re.S | re.I)
 
 
+#: work()'s parameters, and its variables when the source given has no DECLARE block.
+_ALWAYS_VARIABLES = {"me", "me_id", "slot", "drain", "cfg", "batch_limit", "max_runtime"}
+_DECLARED_RE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s+(?!:=)[a-z]", re.M)
+
+
+def _plpgsql_names(work_source: str) -> set[str]:
+    """The variables work() declares (its DECLARE block), which the claim may use."""
+    m = re.search(r"\bDECLARE\b(.*?)\n\s*BEGIN\b", work_source, re.S | re.I)
+    return set(_DECLARED_RE.findall(m.group(1))) if m else set()
+
+
 def claim_statement(work_source: str) -> str:
     """The claim of ``pgdispatch.work()`` as a standalone statement.
 
     *work_source* is the procedure's source (``pg_get_functiondef``); its variables for
-    the role (``me_id``) and the cut-off time (``t_now``) become ``$1`` and ``$2``.
+    the role (``me_id``) and the cut-off time (``t_now``) become ``$1`` and ``$2``;
+    ``watched`` (the role's watchdog runs, so jobs with a timeout may start) is ``true``.
     """
     m = _CLAIM_RE.search(work_source)
     if m is None:
         raise ValueError("no 'FOR j IN SELECT ... SKIP LOCKED LOOP' claim in pgdispatch.work()")
     stmt = m.group(1)
-    for var, param in (("me_id", "$1"), ("t_now", "$2")):
+    for var, param in (("me_id", "$1"), ("t_now", "$2"), ("watched", "true")):
         stmt = re.sub(rf"\b{var}\b", param, stmt)
     leftover = re.findall(r"(?<![.\w$'])([a-z_][a-z0-9_]*)\b(?!\s*\()", stmt)
-    unknown = {w for w in leftover if w in {"me", "slot", "drain", "cfg", "batch_limit"}}
+    unknown = set(leftover) & (_plpgsql_names(work_source) | _ALWAYS_VARIABLES)
     if unknown:
         raise ValueError(f"the claim uses variables this benchmark does not bind: {unknown}")
     return stmt

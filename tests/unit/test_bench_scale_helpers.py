@@ -67,3 +67,15 @@ def test_growth_from_the_last_point_before_the_window(scale: ModuleType) -> None
     assert scale.growth(points, 60.0) == 35.0
     assert scale.growth(points, -1.0) == 85.0
     assert math.isnan(scale.growth([], 10.0))
+
+
+def test_claim_statement_refuses_any_variable_work_declares(scale: ModuleType) -> None:
+    """A variable added to work()'s claim later (as ``watched`` was) is reported, not
+    left in the statement for the server to refuse mid-run."""
+    src = (
+        "DECLARE\n  me_id regrole;\n  t_now timestamptz;\n  gate boolean := true;\nBEGIN\n"
+        "FOR j IN SELECT * FROM pgdispatch.job q WHERE q.role_id = me_id AND q.run_at <= t_now"
+        " AND gate FOR UPDATE SKIP LOCKED LOOP"
+    )
+    with pytest.raises(ValueError, match="gate"):
+        scale.claim_statement(src)
