@@ -413,14 +413,16 @@ def test_slot_1_prunes_as_fast_as_jobs_finish(db: Engine, settings) -> None:  # 
     run(db, "SELECT count(pgdispatch.dispatch('SELECT 1')) FROM generate_series(1, 5000)")
     drain(db)
     settings(retention="0 seconds", prune_batch=100, prune_interval="1 second")
-    run(db, "SELECT count(pgdispatch.dispatch('SELECT 1')) FROM generate_series(1, 2000)")
+    first = run(db, "SELECT min(pgdispatch.dispatch('SELECT 1')) FROM generate_series(1, 2000)")
     history = (
         "SELECT count(*) FROM pgdispatch.job_history"
         " WHERE role_id = to_regrole(quote_ident(current_user))"
     )
     assert run(db, history) >= 5000
     _call(db, "CALL pgdispatch.work(slot => 1, max_runtime => '3 seconds')")
-    assert run(db, "SELECT count(*) FROM pgdispatch.job") == 0
+    # (the 2,000 jobs of this test: another test's job, due later or another role's, may
+    # still be queued on the shared server)
+    assert run(db, "SELECT count(*) FROM pgdispatch.job WHERE id >= :first", first=first) == 0
     assert run(db, history) == 0
 
 
