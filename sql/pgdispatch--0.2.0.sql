@@ -1322,6 +1322,16 @@ DECLARE
   done boolean;                   -- (results of functions called for their effect)
   capturable boolean;
   watched boolean := true;        -- the role's watchdog runs: jobs with a timeout may start
+  -- where a claim starts in the claim index: from the head (every priority), or at the
+  -- last job run (its priority only) after a batch that stopped before its claim ran out
+  c_lo integer;
+  c_hi integer;
+  c_run_at timestamptz;
+  c_id bigint;
+  resume boolean := false;
+  resumed boolean := false;       -- this batch's claim resumed
+  batch_cut boolean;              -- this batch stopped before its claim ran out
+  t_head timestamptz := '-infinity';  -- the last claim from the head
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -1448,9 +1458,27 @@ BEGIN
     IF slot >= 2 AND NOT drain THEN
       t_now := t_now - cfg.poll_max;
     END IF;
+    -- Where the claim starts. The jobs a drain has finished leave their entries at the
+    -- head of the claim index until a vacuum removes them, and autovacuum hears of a
+    -- session's deletions only when its CALL ends: a claim from the head stepped over all
+    -- of them (3,000-4,000 buffers per claim of 60 jobs, half of each job's cost, after
+    -- 1M jobs drained in one CALL). So a batch that stopped before its claim ran out (full,
+    -- or out of time) is followed by a claim that starts at its last job, in that
+    -- job's priority; everything before it there was claimed already. A claim starts
+    -- from the head again when that priority has no more due jobs, and at least every
+    -- 100 ms, for a job of a higher priority, or one that fell due (or committed) with
+    -- an earlier run_at meanwhile.
+    resumed := resume AND clock_timestamp() - t_head < interval '100 milliseconds';
+    IF NOT resumed THEN
+      c_lo := -2147483648; c_hi := 2147483647; c_run_at := '-infinity'; c_id := -9223372036854775808;
+      t_head := clock_timestamp();
+    END IF;
+    batch_cut := false;
     FOR j IN
       SELECT q.ctid AS row_ctid, q.* FROM pgdispatch.job q
-       WHERE q.role_id = me_id AND q.run_at <= t_now AND (watched OR q.timeout IS NULL)
+       WHERE q.role_id = me_id AND q.priority BETWEEN c_lo AND c_hi
+         AND (q.run_at, q.id) >= (c_run_at, c_id)
+         AND q.run_at <= t_now AND (watched OR q.timeout IS NULL)
        ORDER BY q.priority DESC, q.run_at, q.id
        LIMIT 60
          FOR UPDATE SKIP LOCKED
@@ -1594,9 +1622,19 @@ BEGIN
       END IF;
       -- (rows the cursor fetched beyond this point stay locked until the commit below
       -- and are claimed again next time)
-      EXIT WHEN claimed >= batch_limit OR clock_timestamp() - t_batch > cfg.batch_time
-                OR lost_deferred OR lost_slot;
+      batch_cut := claimed >= batch_limit OR clock_timestamp() - t_batch > cfg.batch_time
+                   OR lost_deferred OR lost_slot;
+      EXIT WHEN batch_cut;
     END LOOP;
+    resume := batch_cut;
+    IF batch_cut THEN
+      -- the next claim starts here (>=: this job is finished or retried by then, both of
+      -- which take it away from this key)
+      c_lo := j.priority; c_hi := j.priority; c_run_at := j.run_at; c_id := j.id;
+    END IF;
+    IF claimed = 0 AND resumed THEN
+      CONTINUE;                   -- nothing after the last job: claim from the head now
+    END IF;
     IF claimed > 0 THEN
       -- Cursors the batch's jobs left open (a WITH HOLD one outlived the batch, until the
       -- worker exited), but the caller's. Once per batch: inside the claim loop its own
