@@ -101,7 +101,9 @@ def test_a_drain_runs_jobs_committed_behind_its_last_claim(db: Engine, schema: s
         late_tx.commit()
     drainer.join(60)
     assert not drainer.is_alive()
-    counts = {r["tag"]: r["n"] for r in rows(db, f"SELECT tag, count(*) AS n FROM {s}.ran GROUP BY tag")}
+    counts = {
+        r["tag"]: r["n"] for r in rows(db, f"SELECT tag, count(*) AS n FROM {s}.ran GROUP BY tag")
+    }
     assert counts == {"late": 1, "urgent": 1, "backlog": 2999}
 
 
