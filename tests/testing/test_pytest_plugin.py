@@ -1,4 +1,10 @@
-"""The pytest plugin, run in a separate pytest process like a user project would."""
+"""The pytest plugin, in a pytest run of a user project (pytester).
+
+The run that uses the server is a separate pytest process, like a user project's. The two
+that need no server run in this process (``runpytest_inprocess``): a fresh pytest
+``Config`` and plugin manager loading the plugin through its ``pytest11`` entry point, as a
+new process would, without the ~1 s of starting one. The plugin keeps no state outside its
+fixtures, so the outer session's cannot leak in."""
 
 from __future__ import annotations
 
@@ -60,7 +66,7 @@ def test_plugin_fixtures_in_a_user_project(
 
 
 def test_plugin_option_is_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--help")
+    result = pytester.runpytest_inprocess("--help")
     result.stdout.fnmatch_lines(["*--pgdispatch-backend=*"])
 
 
@@ -71,7 +77,7 @@ def test_docker_backend_without_engine_skips(
         pytest.skip("a Docker engine answers here; the skip path cannot be observed")
     monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
     pytester.makepyfile(test_user="def test_x(pgdispatch_server):\n    pass\n")
-    result = pytester.runpytest_subprocess(
+    result = pytester.runpytest_inprocess(
         "-p", "no:cacheprovider", "-rs", "--pgdispatch-backend=docker"
     )
     result.assert_outcomes(skipped=1)
