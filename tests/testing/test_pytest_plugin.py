@@ -65,7 +65,13 @@ def test_plugin_fixtures_in_a_user_project(
     result.stdout.fnmatch_lines(["*sa_pgdispatch: test server backend dsn*"])
 
 
+#: A user project's setting, which pytest-asyncio otherwise warns about: in-process, its
+#: warning would land in this session's summary.
+ASYNCIO_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+
+
 def test_plugin_option_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.makeini(ASYNCIO_INI)
     result = pytester.runpytest_inprocess("--help")
     result.stdout.fnmatch_lines(["*--pgdispatch-backend=*"])
 
@@ -76,6 +82,7 @@ def test_docker_backend_without_engine_skips(
     if docker_engine_status() is None:
         pytest.skip("a Docker engine answers here; the skip path cannot be observed")
     monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
+    pytester.makeini(ASYNCIO_INI)
     pytester.makepyfile(test_user="def test_x(pgdispatch_server):\n    pass\n")
     result = pytester.runpytest_inprocess(
         "-p", "no:cacheprovider", "-rs", "--pgdispatch-backend=docker"
