@@ -84,8 +84,11 @@ def test_docker_backend_without_engine_skips(
     monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
     pytester.makeini(ASYNCIO_INI)
     pytester.makepyfile(test_user="def test_x(pgdispatch_server):\n    pass\n")
+    # without Hypothesis's plugin, which imports Hypothesis (~0.8 s) in every session's
+    # terminal summary: this run has no Hypothesis test (tests/conftest.py does the same)
     result = pytester.runpytest_inprocess(
-        "-p", "no:cacheprovider", "-rs", "--pgdispatch-backend=docker"
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-rs",
+        "--pgdispatch-backend=docker",
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*needs a Docker engine*"])
