@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +33,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.get_closest_marker(name) for name in _SERVER_MARKERS
         ):
             item.add_marker(pytest.mark.db)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Hypothesis's pytest plugin imports Hypothesis in its terminal summary even when no
+    test of the session used it: ~0.8 s of the fast loop, which runs none (pytest
+    assertion-rewrites every module of a distribution with a pytest11 entry point, and with
+    PYTHONDONTWRITEBYTECODE does so at every run). Hypothesis never imported means no
+    Hypothesis test ran, so that summary has nothing to report (statistics and failing
+    examples come from Hypothesis tests' reports): unregister the plugin before it runs
+    (this hook runs inside the terminal reporter's, before pytest_terminal_summary)."""
+    if "hypothesis" not in sys.modules:
+        plugin = session.config.pluginmanager.get_plugin("hypothesispytest")
+        if plugin is not None:
+            session.config.pluginmanager.unregister(plugin)
 
 
 @pytest.fixture

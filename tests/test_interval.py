@@ -5,14 +5,16 @@ read input differently, on hand-picked and generated text."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from sa_pgdispatch._interval import Interval, NotAnInterval, Undecided, read_interval
 from sa_pgdispatch.testing.server import PgServer
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 _PARTS = (
     "SELECT (extract(year FROM i) * 12 + extract(month FROM i))::bigint,"
@@ -109,65 +111,77 @@ def test_hand_picked_text_reads_as_the_server_reads_it(
         assert outcomes[common] == "read", common
 
 
-_NUMBER = st.one_of(
-    st.integers(-1000, 1000).map(str),
-    st.builds(
-        lambda sign, i, f: f"{sign}{i}.{f}",
+def _generated_text() -> SearchStrategy[str]:
+    """The generated interval text. Hypothesis is imported when the test runs, not when
+    pytest collects this module: the fast loop (-m "not db", which collects every module)
+    then never imports it (~0.8 s, its modules being assertion-rewritten as a plugin's)."""
+    from hypothesis import strategies as st
+
+    _NUMBER = st.one_of(
+        st.integers(-1000, 1000).map(str),
+        st.builds(
+            lambda sign, i, f: f"{sign}{i}.{f}",
+            st.sampled_from(["", "-", "+"]),
+            st.integers(0, 99),
+            st.integers(0, 999999).map(str),
+        ),
+        st.integers(0, 999).map(lambda f: f".{f}"),
+    )
+    _UNIT = st.sampled_from(
+        ["us", "ms", "msec", "s", "sec", "seconds", "m", "min", "minutes", "h", "hours", "hr",
+         "d", "day", "days", "w", "weeks", "mon", "months", "y", "years", "decade", "century",
+         "millennium", "ago", "@", "qtr", "SECONDS", "Days", ""]
+    )
+    _TIME = st.builds(
+        lambda sign, h, m, s, f: f"{sign}{h}:{m:02d}" + (f":{s:02d}" if s is not None else "")
+        + (f".{f}" if f is not None else ""),
         st.sampled_from(["", "-", "+"]),
-        st.integers(0, 99),
-        st.integers(0, 999999).map(str),
-    ),
-    st.integers(0, 999).map(lambda f: f".{f}"),
-)
-_UNIT = st.sampled_from(
-    ["us", "ms", "msec", "s", "sec", "seconds", "m", "min", "minutes", "h", "hours", "hr",
-     "d", "day", "days", "w", "weeks", "mon", "months", "y", "years", "decade", "century",
-     "millennium", "ago", "@", "qtr", "SECONDS", "Days", ""]
-)
-_TIME = st.builds(
-    lambda sign, h, m, s, f: f"{sign}{h}:{m:02d}" + (f":{s:02d}" if s is not None else "")
-    + (f".{f}" if f is not None else ""),
-    st.sampled_from(["", "-", "+"]),
-    st.integers(0, 48),
-    st.integers(0, 61),
-    st.one_of(st.none(), st.integers(0, 61)),
-    st.one_of(st.none(), st.integers(0, 999999)),
-)
-_YEARS_MONTHS = st.builds(
-    lambda sign, y, m: f"{sign}{y}-{m}", st.sampled_from(["", "-", "+"]),
-    st.integers(0, 20), st.integers(0, 13),
-)
-_TOKEN = st.one_of(_NUMBER, _UNIT, _TIME, _YEARS_MONTHS)
-_SPACE = st.sampled_from([" ", " ", "  ", ""])
-_POSTGRES_TEXT = st.lists(st.tuples(_TOKEN, _SPACE), min_size=1, max_size=7).map(
-    lambda parts: "".join(t + s for t, s in parts).strip() or "0"
-)
-_PAIR = st.builds(
-    lambda n, sp, u: f"{n}{sp}{u}", _NUMBER, _SPACE,
-    st.sampled_from(["us", "ms", "s", "sec", "seconds", "min", "minutes", "h", "hours",
-                     "d", "days", "w", "weeks", "mon", "months", "y", "years", "decades"]),
-)
-_STRUCTURED_TEXT = st.builds(
-    lambda at, pairs, time, ago: " ".join(
-        [*(["@"] if at else []), *pairs, *([time] if time else []), *(["ago"] if ago else [])]
-    ) or "0",
-    st.booleans(),
-    st.lists(_PAIR, max_size=4, unique_by=lambda p: p.split()[-1] if " " in p else p),
-    st.one_of(st.none(), _TIME),
-    st.booleans(),
-)
-_ISO_FIELD = st.builds(
-    lambda n, u: f"{n}{u}", _NUMBER.filter(lambda n: not n.startswith("+")),
-    st.sampled_from(["Y", "M", "W", "D", "H", "S", "T", "", "-", ":"]),
-)
-_ISO_TEXT = st.lists(_ISO_FIELD, min_size=0, max_size=5).map(lambda f: "P" + "".join(f))
+        st.integers(0, 48),
+        st.integers(0, 61),
+        st.one_of(st.none(), st.integers(0, 61)),
+        st.one_of(st.none(), st.integers(0, 999999)),
+    )
+    _YEARS_MONTHS = st.builds(
+        lambda sign, y, m: f"{sign}{y}-{m}", st.sampled_from(["", "-", "+"]),
+        st.integers(0, 20), st.integers(0, 13),
+    )
+    _TOKEN = st.one_of(_NUMBER, _UNIT, _TIME, _YEARS_MONTHS)
+    _SPACE = st.sampled_from([" ", " ", "  ", ""])
+    _POSTGRES_TEXT = st.lists(st.tuples(_TOKEN, _SPACE), min_size=1, max_size=7).map(
+        lambda parts: "".join(t + s for t, s in parts).strip() or "0"
+    )
+    _PAIR = st.builds(
+        lambda n, sp, u: f"{n}{sp}{u}", _NUMBER, _SPACE,
+        st.sampled_from(["us", "ms", "s", "sec", "seconds", "min", "minutes", "h", "hours",
+                         "d", "days", "w", "weeks", "mon", "months", "y", "years", "decades"]),
+    )
+    _STRUCTURED_TEXT = st.builds(
+        lambda at, pairs, time, ago: " ".join(
+            [*(["@"] if at else []), *pairs, *([time] if time else []), *(["ago"] if ago else [])]
+        ) or "0",
+        st.booleans(),
+        st.lists(_PAIR, max_size=4, unique_by=lambda p: p.split()[-1] if " " in p else p),
+        st.one_of(st.none(), _TIME),
+        st.booleans(),
+    )
+    _ISO_FIELD = st.builds(
+        lambda n, u: f"{n}{u}", _NUMBER.filter(lambda n: not n.startswith("+")),
+        st.sampled_from(["Y", "M", "W", "D", "H", "S", "T", "", "-", ":"]),
+    )
+    _ISO_TEXT = st.lists(_ISO_FIELD, min_size=0, max_size=5).map(lambda f: "P" + "".join(f))
+    return st.one_of(_STRUCTURED_TEXT, _POSTGRES_TEXT, _ISO_TEXT)
 
 
-@settings(
-    max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(text=st.one_of(_STRUCTURED_TEXT, _POSTGRES_TEXT, _ISO_TEXT))
 def test_generated_text_reads_as_the_server_reads_it(
-    server_conn: psycopg.Connection[tuple[object, ...]], text: str
+    server_conn: psycopg.Connection[tuple[object, ...]],
 ) -> None:
-    compare(server_conn, text)
+    from hypothesis import given, settings
+
+    # the examples share the module's connection, as they did when the test itself was
+    # the @given function (its health check on function-scoped fixtures then suppressed)
+    @settings(max_examples=1500, deadline=None)
+    @given(text=_generated_text())
+    def reads_as_the_server_reads_it(text: str) -> None:
+        compare(server_conn, text)
+
+    reads_as_the_server_reads_it()

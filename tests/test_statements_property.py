@@ -15,11 +15,9 @@ import decimal
 import enum
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -45,6 +43,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from sa_pgdispatch.statements import DispatchRenderError, render_sql
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 
 class Suit(enum.Enum):
@@ -78,57 +79,63 @@ row_table = Table(
     prefixes=["TEMPORARY"],
 )
 
-text_chars = st.text(st.characters(codec="utf-8"), max_size=40)
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(10**30), 10**30)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(
-            st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=5),
-            children,
-            max_size=4,
-        )
-    ),
-    max_leaves=12,
-)
-offsets = st.integers(-15 * 3600 + 1, 15 * 3600 - 1).map(
-    lambda s: dt.timezone(dt.timedelta(seconds=s))
-)
+def _rows() -> SearchStrategy[dict[str, Any]]:
+    """The random rows. Hypothesis is imported when the test runs, not when pytest
+    collects this module: the fast loop (-m "not db", which collects every module) then
+    never imports it (~0.8 s, its modules being assertion-rewritten as a plugin's)."""
+    from hypothesis import strategies as st
 
-rows = st.fixed_dictionaries(
-    {},
-    optional={
-        "s": st.none() | text_chars,
-        "n": st.integers(-(2**63), 2**63 - 1),
-        "f": st.floats(),
-        "d": st.decimals(
-            allow_nan=False, allow_infinity=False, min_value=-(10**40), max_value=10**40
-        )
-        | st.decimals(allow_nan=False, allow_infinity=False, places=30)
-        | st.sampled_from([decimal.Decimal(x) for x in ("NaN", "Infinity", "-Infinity", "-0")]),
-        "b": st.booleans(),
-        "day": st.dates(),
-        "ts": st.datetimes(),
-        "tstz": st.datetimes(
-            min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 1, 1)
-        ).flatmap(lambda d: offsets.map(lambda tz: d.replace(tzinfo=tz))),
-        "t": st.times(),
-        "tz": st.times().flatmap(lambda t: offsets.map(lambda tz: t.replace(tzinfo=tz))),
-        "iv": st.timedeltas(
-            min_value=dt.timedelta(days=-(10**6)), max_value=dt.timedelta(days=10**6)
+    text_chars = st.text(st.characters(codec="utf-8"), max_size=40)
+    json_values = st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**30), 10**30)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=5),
+                children,
+                max_size=4,
+            )
         ),
-        "raw": st.binary(max_size=40),
-        "u": st.uuids(),
-        "j": json_values,
-        "tags": st.lists(st.none() | text_chars, max_size=5),
-        "nums": st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), max_size=5),
-        "suit": st.sampled_from(Suit),
-    },
-)
+        max_leaves=12,
+    )
+    offsets = st.integers(-15 * 3600 + 1, 15 * 3600 - 1).map(
+        lambda s: dt.timezone(dt.timedelta(seconds=s))
+    )
+
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "s": st.none() | text_chars,
+            "n": st.integers(-(2**63), 2**63 - 1),
+            "f": st.floats(),
+            "d": st.decimals(
+                allow_nan=False, allow_infinity=False, min_value=-(10**40), max_value=10**40
+            )
+            | st.decimals(allow_nan=False, allow_infinity=False, places=30)
+            | st.sampled_from([decimal.Decimal(x) for x in ("NaN", "Infinity", "-Infinity", "-0")]),
+            "b": st.booleans(),
+            "day": st.dates(),
+            "ts": st.datetimes(),
+            "tstz": st.datetimes(
+                min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 1, 1)
+            ).flatmap(lambda d: offsets.map(lambda tz: d.replace(tzinfo=tz))),
+            "t": st.times(),
+            "tz": st.times().flatmap(lambda t: offsets.map(lambda tz: t.replace(tzinfo=tz))),
+            "iv": st.timedeltas(
+                min_value=dt.timedelta(days=-(10**6)), max_value=dt.timedelta(days=10**6)
+            ),
+            "raw": st.binary(max_size=40),
+            "u": st.uuids(),
+            "j": json_values,
+            "tags": st.lists(st.none() | text_chars, max_size=5),
+            "nums": st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), max_size=5),
+            "suit": st.sampled_from(Suit),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,33 +164,37 @@ def has_nul(value: Any) -> bool:
     return False
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(row=rows, scs=st.sampled_from(["on", "off"]))
-def test_render_execute_round_trip(conn: Connection, row: dict[str, Any], scs: str) -> None:
-    stmt = insert(row_table).values(k=1, **row)
-    if any(has_nul(v) for v in row.values()):
-        with pytest.raises(DispatchRenderError, match="NUL"):
-            render_sql(stmt)
-        return
-    sql = render_sql(stmt)
-    savepoint = conn.begin_nested()
-    try:
-        conn.exec_driver_sql(f"SET LOCAL standard_conforming_strings = {scs}")
-        conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
-        conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
-        conn.execute(insert(row_table).values(k=2, **row))
-        got = {
-            r.k: r._asdict()
-            for r in conn.execute(select(row_table).where(row_table.c.k.in_([1, 2])))
-        }
-    finally:
-        savepoint.rollback()
-    rendered_row, bound_row = got[1], got[2]
-    for name in row:
-        assert same(rendered_row[name], bound_row[name]), (name, sql)
-        if name != "j":  # jsonb keeps numbers as numeric: compare with the bound row only
-            assert same(rendered_row[name], row[name]), (name, sql)
+def test_render_execute_round_trip(conn: Connection) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    # the examples share the module's connection, as they did when the test itself was
+    # the @given function (its health check on function-scoped fixtures then suppressed)
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(row=_rows(), scs=st.sampled_from(["on", "off"]))
+    def round_trip(row: dict[str, Any], scs: str) -> None:
+        stmt = insert(row_table).values(k=1, **row)
+        if any(has_nul(v) for v in row.values()):
+            with pytest.raises(DispatchRenderError, match="NUL"):
+                render_sql(stmt)
+            return
+        sql = render_sql(stmt)
+        savepoint = conn.begin_nested()
+        try:
+            conn.exec_driver_sql(f"SET LOCAL standard_conforming_strings = {scs}")
+            conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+            conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
+            conn.execute(insert(row_table).values(k=2, **row))
+            got = {
+                r.k: r._asdict()
+                for r in conn.execute(select(row_table).where(row_table.c.k.in_([1, 2])))
+            }
+        finally:
+            savepoint.rollback()
+        rendered_row, bound_row = got[1], got[2]
+        for name in row:
+            assert same(rendered_row[name], bound_row[name]), (name, sql)
+            if name != "j":  # jsonb keeps numbers as numeric: compare with the bound row only
+                assert same(rendered_row[name], row[name]), (name, sql)
+
+    round_trip()

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import io
+import logging.config
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import render_python_code
-from alembic.config import Config
+from alembic.config import CommandLine, Config
 from alembic.operations import Operations, ops
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import MetaData
 
+import sa_pgdispatch
 from sa_pgdispatch.alembic import (
     CreateDispatchTriggerOp,
     DispatchTriggerOpError,
@@ -542,34 +547,78 @@ def test_init_project_without_revision_and_refusals(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def _alembic(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ALEMBIC, *args], cwd=cwd, capture_output=True, text=True, check=False,
-                          env={"PATH": "/usr/bin:/bin"})
+@dataclass(frozen=True)
+class _Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_first_revision_offline_sql(tmp_path: Path) -> None:
+@pytest.fixture
+def alembic_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., _Run]:
+    """``alembic <args>`` in ``cwd``, run in this process the way Alembic's console script
+    runs it (``CommandLine``: parse the arguments, a ``Config`` on ``alembic.ini`` with
+    them as ``cmd_opts``, ``run_cmd``), its stdout and stderr captured. Three ``alembic``
+    processes cost this module about 2 s of imports; ``test_env_refuses_a_non_postgresql_url``
+    still runs the real console script.
+
+    As in a process started with only ``$PATH``: none of the variables the environment
+    reads. env.py's ``fileConfig(alembic.ini)`` is recorded instead of run: in a process of
+    its own it would set up that process's logging; here it would close the handlers of
+    pytest's logging plugin and disable every logger already made."""
+    for name in ("DATABASE_URL", "SA_PGDISPATCH_URL", "SA_PGDISPATCH_CRON_URL",
+                 "ALEMBIC_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    logging_configs: list[object] = []
+    monkeypatch.setattr(logging.config, "fileConfig", logging_configs.append)
+
+    def run(cwd: Path, *args: str) -> _Run:
+        monkeypatch.chdir(cwd)
+        out, err = io.StringIO(), io.StringIO()
+        cli = CommandLine(prog="alembic")
+        options = cli.parser.parse_args(args)
+        config = Config(file_="alembic.ini", toml_file="pyproject.toml",
+                        ini_section=options.name, cmd_opts=options,
+                        stdout=out, output_buffer=out)
+        returncode = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.run_cmd(config, options)
+            except SystemExit as exit_:  # alembic.util.err() on a CommandError
+                returncode = exit_.code if isinstance(exit_.code, int) else 1
+        if returncode == 0:
+            assert logging_configs == ["alembic.ini"]  # env.py configured logging from it
+        logging_configs.clear()
+        return _Run(returncode, out.getvalue(), err.getvalue())
+
+    return run
+
+
+def test_first_revision_offline_sql(tmp_path: Path, alembic_cli: Callable[..., _Run]) -> None:
     """`alembic upgrade head --sql` needs no database: it writes the install script."""
     init_project(tmp_path / "migrations", url="postgresql://nobody@localhost/app")
-    up = _alembic(tmp_path, "upgrade", "head", "--sql")
+    up = alembic_cli(tmp_path, "upgrade", "head", "--sql")
     assert up.returncode == 0, up.stderr
     assert "CREATE SCHEMA pgdispatch;" in up.stdout
     assert "SELECT pgdispatch.start(1);" in up.stdout
     assert up.stdout.index("BEGIN;") < up.stdout.index("CREATE SCHEMA pgdispatch;")
     (revision,) = (tmp_path / "migrations" / "versions").glob("*.py")
-    down = _alembic(tmp_path, "downgrade", f"{revision.name.split('_')[0]}:base", "--sql")
+    down = alembic_cli(tmp_path, "downgrade", f"{revision.name.split('_')[0]}:base", "--sql")
     assert down.returncode == 0, down.stderr
     assert "SELECT pgdispatch.prepare_uninstall(force => false);" in down.stdout
-    forced = _alembic(tmp_path, "-x", "force_uninstall=true", "downgrade",
-                      f"{revision.name.split('_')[0]}:base", "--sql")
+    forced = alembic_cli(tmp_path, "-x", "force_uninstall=true", "downgrade",
+                         f"{revision.name.split('_')[0]}:base", "--sql")
     assert "SELECT pgdispatch.prepare_uninstall(force => true);" in forced.stdout
 
 
-def test_first_revision_offline_sql_with_cron_url_from_x_argument(tmp_path: Path) -> None:
+def test_first_revision_offline_sql_with_cron_url_from_x_argument(
+    tmp_path: Path, alembic_cli: Callable[..., _Run]
+) -> None:
     """``-x cron_url=...``: an app database's script starts no workers; the URL (and its
     password) stays out of the script."""
     init_project(tmp_path / "migrations", url="postgresql://nobody@localhost/app")
-    up = _alembic(tmp_path, "-x", "cron_url=postgresql://app:s3cret@db/postgres",
-                  "upgrade", "head", "--sql")
+    up = alembic_cli(tmp_path, "-x", "cron_url=postgresql://app:s3cret@db/postgres",
+                     "upgrade", "head", "--sql")
     assert up.returncode == 0, up.stderr
     assert "CREATE SCHEMA pgdispatch;" in up.stdout
     assert "SELECT pgdispatch.start(" not in up.stdout
@@ -579,10 +628,14 @@ def test_first_revision_offline_sql_with_cron_url_from_x_argument(tmp_path: Path
 
 
 def test_env_refuses_a_non_postgresql_url(tmp_path: Path) -> None:
+    """The real ``alembic`` console script, in a process of its own (on the sa_pgdispatch
+    under test: $PYTHONPATH is its source directory, not an installed copy)."""
     init_project(tmp_path / "migrations", url="postgresql://nobody@localhost/app")
+    source = str(Path(sa_pgdispatch.__file__).parents[1])
     result = subprocess.run(
         [ALEMBIC, "upgrade", "head", "--sql"], cwd=tmp_path, capture_output=True, text=True,
-        check=False, env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite:///x.db"},
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": source, "DATABASE_URL": "sqlite:///x.db"},
     )
     assert result.returncode != 0
     assert "need PostgreSQL" in result.stderr

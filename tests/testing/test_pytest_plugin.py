@@ -1,4 +1,10 @@
-"""The pytest plugin, run in a separate pytest process like a user project would."""
+"""The pytest plugin, in a pytest run of a user project (pytester).
+
+The run that uses the server is a separate pytest process, like a user project's. The two
+that need no server run in this process (``runpytest_inprocess``): a fresh pytest
+``Config`` and plugin manager loading the plugin through its ``pytest11`` entry point, as a
+new process would, without the ~1 s of starting one. The plugin keeps no state outside its
+fixtures, so the outer session's cannot leak in."""
 
 from __future__ import annotations
 
@@ -59,8 +65,14 @@ def test_plugin_fixtures_in_a_user_project(
     result.stdout.fnmatch_lines(["*sa_pgdispatch: test server backend dsn*"])
 
 
+#: A user project's setting, which pytest-asyncio otherwise warns about: in-process, its
+#: warning would land in this session's summary.
+ASYNCIO_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+
+
 def test_plugin_option_is_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--help")
+    pytester.makeini(ASYNCIO_INI)
+    result = pytester.runpytest_inprocess("--help")
     result.stdout.fnmatch_lines(["*--pgdispatch-backend=*"])
 
 
@@ -70,9 +82,13 @@ def test_docker_backend_without_engine_skips(
     if docker_engine_status() is None:
         pytest.skip("a Docker engine answers here; the skip path cannot be observed")
     monkeypatch.delenv(ENV_TEST_BACKEND, raising=False)
+    pytester.makeini(ASYNCIO_INI)
     pytester.makepyfile(test_user="def test_x(pgdispatch_server):\n    pass\n")
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rs", "--pgdispatch-backend=docker"
+    # without Hypothesis's plugin, which imports Hypothesis (~0.8 s) in every session's
+    # terminal summary: this run has no Hypothesis test (tests/conftest.py does the same)
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-rs",
+        "--pgdispatch-backend=docker",
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*needs a Docker engine*"])

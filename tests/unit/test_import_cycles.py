@@ -36,6 +36,17 @@ def _sources() -> dict[str, Path]:
     }
 
 
+#: Each module of the package: its path and syntax tree.
+Trees = dict[str, tuple[Path, ast.Module]]
+
+
+def parse_sources() -> Trees:
+    return {
+        module: (path, ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        for module, path in _sources().items()
+    }
+
+
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
@@ -83,12 +94,11 @@ def _targets(
         yield origin
 
 
-def import_graph() -> dict[str, set[str]]:
-    sources = _sources()
-    known = set(sources)
+def import_graph(trees: Trees | None = None) -> dict[str, set[str]]:
+    trees = parse_sources() if trees is None else trees
+    known = set(trees)
     graph: dict[str, set[str]] = {}
-    for module, path in sources.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for module, (path, tree) in trees.items():
         is_package = path.name == "__init__.py"
         graph[module] = {
             target
@@ -147,16 +157,27 @@ def _a_cycle(graph: dict[str, set[str]], component: set[str]) -> list[str]:
     raise AssertionError(f"no cycle in {component}")
 
 
-def test_the_graph_sees_imports_at_every_level() -> None:
-    graph = import_graph()
+@pytest.fixture(scope="module")
+def trees() -> Trees:
+    """The package's sources parsed once for the tests that read them (~0.13 s a parse);
+    module scope: the trees are let go after this module, not kept for the session."""
+    return parse_sources()
+
+
+@pytest.fixture(scope="module")
+def graph(trees: Trees) -> dict[str, set[str]]:
+    return import_graph(trees)
+
+
+def test_the_graph_sees_imports_at_every_level(graph: dict[str, set[str]]) -> None:
     assert f"{PACKAGE}.errors" in graph[f"{PACKAGE}.jobs._model"]  # from ..errors import
     assert f"{PACKAGE}.testing" in graph[f"{PACKAGE}.demo"]  # inside a function
     assert f"{PACKAGE}.jobs" not in graph[f"{PACKAGE}.errors"]  # if TYPE_CHECKING: only
     assert graph[f"{PACKAGE}.errors"] == set()
 
 
-def test_no_import_cycles() -> None:
-    assert _cycles(import_graph()) == []
+def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+    assert _cycles(graph) == []
 
 
 def test_a_cycle_is_found() -> None:
@@ -176,15 +197,14 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
-def private_uses() -> list[str]:
+def private_uses(trees: Trees | None = None) -> list[str]:
     """``module: other._name`` for each private name of another module of the package
     that a module imports (``from other import _name``) or reads (``other._name``, with
     ``other`` a module it imported)."""
-    sources = _sources()
-    known = set(sources)
+    trees = parse_sources() if trees is None else trees
+    known = set(trees)
     found = []
-    for module, path in sources.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for module, (path, tree) in trees.items():
         is_package = path.name == "__init__.py"
         modules: dict[str, str] = {}  # local name -> module of the package
         for node in _imports(tree):
@@ -227,8 +247,8 @@ def long_modules_without_a_reason() -> list[str]:
     return found
 
 
-def test_no_module_uses_another_modules_private_names() -> None:
-    assert private_uses() == []
+def test_no_module_uses_another_modules_private_names(trees: Trees) -> None:
+    assert private_uses(trees) == []
 
 
 def test_modules_over_500_lines_say_why_at_their_top() -> None:
