@@ -92,13 +92,23 @@ def claim_statement(work_source: str) -> str:
 
     *work_source* is the procedure's source (``pg_get_functiondef``); its variables for
     the role (``me_id``) and the cut-off time (``t_now``) become ``$1`` and ``$2``;
-    ``watched`` (the role's watchdog runs, so jobs with a timeout may start) is ``true``.
+    ``watched`` (the role's watchdog runs, so jobs with a timeout may start) is ``true``;
+    the claim starts from the head of the queue (``c_lo``/``c_hi``/``c_run_at``/``c_id``,
+    where a claim after a batch cut short resumes, span every key).
     """
     m = _CLAIM_RE.search(work_source)
     if m is None:
         raise ValueError("no 'FOR j IN SELECT ... SKIP LOCKED LOOP' claim in pgdispatch.work()")
     stmt = m.group(1)
-    for var, param in (("me_id", "$1"), ("t_now", "$2"), ("watched", "true")):
+    for var, param in (
+        ("me_id", "$1"),
+        ("t_now", "$2"),
+        ("watched", "true"),
+        ("c_lo", "(-2147483648)"),
+        ("c_hi", "2147483647"),
+        ("c_run_at", "'-infinity'::timestamptz"),
+        ("c_id", "(-9223372036854775808)"),
+    ):
         stmt = re.sub(rf"\b{var}\b", param, stmt)
     leftover = re.findall(r"(?<![.\w$'])([a-z_][a-z0-9_]*)\b(?!\s*\()", stmt)
     unknown = set(leftover) & (_plpgsql_names(work_source) | _ALWAYS_VARIABLES)

@@ -35,7 +35,7 @@ def test_claim_statement_is_works_claim_with_parameters(scale: ModuleType) -> No
     assert re.search(r"FOR\s+UPDATE\s+SKIP\s+LOCKED$", stmt)
     assert "$1" in stmt
     assert "$2" in stmt
-    assert not re.search(r"\b(me_id|t_now)\b", stmt)
+    assert not re.search(r"\b(me_id|t_now|c_lo|c_hi|c_run_at|c_id)\b", stmt)
 
 
 def test_claim_statement_refuses_a_procedure_without_a_claim(scale: ModuleType) -> None:
