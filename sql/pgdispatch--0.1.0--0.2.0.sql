@@ -1250,6 +1250,8 @@ DECLARE
   candidates bigint[];
   timed boolean := false;         -- jobs with a timeout run
   done boolean;
+  seen_seq bigint;                -- the job id sequence at the last poll
+  flowing boolean;                -- it moved since: jobs are dispatched (by any role)
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.watchdog() must run as the session''s login role'
@@ -1282,6 +1284,8 @@ BEGIN
     now_s := extract(epoch FROM clock_timestamp());
     busy := false;
     timed := false;
+    flowing := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass) IS DISTINCT FROM seen_seq;
+    seen_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
     running := '{}';
     -- the role's executing jobs: (backend, low 32 bits of the job id) from the locks,
     -- then the jobs by primary key (an index probe per high word the id sequence has
@@ -1374,7 +1378,9 @@ BEGIN
     -- the first statement after a COMMIT pins a snapshot, and with it the xmin horizon,
     -- until the next COMMIT: sleep in pieces, each in a transaction of its own, so that
     -- the queue rows other sessions delete can be removed meanwhile. Pieces of 50 ms
-    -- while the role's jobs run (its workers' deletions), of 250 ms while it is idle: a
+    -- while the role's jobs run or any role dispatches (workers deleting queue rows;
+    -- at 2,000 jobs a second no job may be running at the moment of a poll, and 250 ms
+    -- pieces let the queue grow by a third), of 250 ms while all is idle: a
     -- wake-up costs an idle role more than anything it does (20 a second were 0.3-0.4%
     -- of a core per role), and the claims of other roles' workers start after their last
     -- job (work()), so that the queue entries a longer piece keeps are not on their way.
@@ -1383,7 +1389,7 @@ BEGIN
                    ELSE greatest(interval '1 second', cfg.watchdog_poll) END;
     WHILE clock_timestamp() < wake LOOP
       COMMIT;
-      done := pg_sleep(least(CASE WHEN busy THEN 0.05 ELSE 0.25 END,
+      done := pg_sleep(least(CASE WHEN busy OR flowing THEN 0.05 ELSE 0.25 END,
                              extract(epoch FROM wake - clock_timestamp()))) IS NULL;
     END LOOP;
   END LOOP;
