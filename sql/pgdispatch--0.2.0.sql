@@ -1355,6 +1355,7 @@ DECLARE
   t_head timestamptz := '-infinity';  -- the last claim from the head
   poller boolean := false;        -- this worker polls for the database's idle workers
   rung boolean;                   -- the doorbell was taken: the poller let go of it
+  waited boolean;                 -- this wake-up waited on the doorbell (no pg_sleep)
   saved_lock_timeout text;
 BEGIN
   IF me <> current_user THEN
@@ -1796,12 +1797,14 @@ BEGIN
       sleep_s := pgdispatch._poll_interval(cfg, last_activity, wake);
       LOOP
         rung := false;
+        waited := false;
         IF slot = 1 AND NOT drain AND sleep_s >= extract(epoch FROM cfg.poll_max) THEN
           -- Idle at the slowest poll: one such worker of the database polls for all of
           -- them, the poller (it holds lock 1885824132); the others wait on the doorbell
           -- (lock 1885824131, which the poller holds and lets go of for a moment when the
-          -- job id sequence moves), at most 250 ms (or poll_max) at a time. A wake-up is most of what an
-          -- idle role costs: 50 a second per role were 0.4-0.8% of a core each. A wait
+          -- job id sequence moves), at most 250 ms (or poll_max) at a time. A wake-up is
+          -- most of what an idle role costs: 50 a second per role were 0.4-0.8% of a core
+          -- each. A wait
           -- that ends at once without a dispatch (the doorbell not held: a poller
           -- handing over, or another session holding it) is followed by a plain poll.
           IF NOT poller AND pg_try_advisory_lock(1885824132, 0) THEN
@@ -1825,10 +1828,10 @@ BEGIN
               NULL;
             END;
             done := set_config('lock_timeout', saved_lock_timeout, true) IS NULL;
+            waited := true;
           END IF;
         END IF;
-        IF NOT rung AND (slot <> 1 OR drain OR poller
-                         OR sleep_s < extract(epoch FROM cfg.poll_max)) THEN
+        IF NOT waited THEN
           done := pg_sleep(sleep_s) IS NULL;
         END IF;
         cur_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
@@ -1899,6 +1902,7 @@ DECLARE
   timed boolean := false;         -- jobs with a timeout run
   done boolean;
   seen_seq bigint;                -- the job id sequence at the last poll
+  cur_seq bigint;
   flowing boolean;                -- it moved since: jobs are dispatched (by any role)
 BEGIN
   IF me <> current_user THEN
@@ -1932,8 +1936,9 @@ BEGIN
     now_s := extract(epoch FROM clock_timestamp());
     busy := false;
     timed := false;
-    flowing := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass) IS DISTINCT FROM seen_seq;
-    seen_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
+    cur_seq := pg_sequence_last_value('pgdispatch.job_id_seq'::regclass);
+    flowing := cur_seq IS DISTINCT FROM seen_seq;
+    seen_seq := cur_seq;
     running := '{}';
     -- the role's executing jobs: (backend, low 32 bits of the job id) from the locks,
     -- then the jobs by primary key (an index probe per high word the id sequence has

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +30,17 @@ def drain(engine: Engine) -> None:
     :func:`sa_pgdispatch.testing.drain` (``CALL pgdispatch.work(drain => true)`` in
     autocommit, the role's watchdog beside it)."""
     _drain(engine)
+
+
+def wait_until(check: Callable[[], Any], timeout: float) -> bool:
+    """Call *check* every 20 ms until it returns something true (True) or *timeout*
+    seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def job(engine: Engine, job_id: int) -> dict[str, Any]:

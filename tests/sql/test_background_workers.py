@@ -5,9 +5,7 @@ jobs unserved. Runs a server of its own with few background workers."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, exc, text
@@ -17,7 +15,7 @@ from sa_pgdispatch.install import install
 from sa_pgdispatch.testing.server import EphemeralPostgres
 from sa_pgdispatch.workers import start_workers, worker_budget
 
-from .conftest import rows, run
+from .conftest import rows, run, wait_until
 
 pytestmark = pytest.mark.cron
 
@@ -61,15 +59,6 @@ def _running_workers(engine: Engine, role: str) -> int:
     )
 
 
-def _wait(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def test_start_refuses_workers_beyond_max_worker_processes(
     bgw_server: EphemeralPostgres, owner: Engine
 ) -> None:
@@ -85,7 +74,7 @@ def test_start_refuses_workers_beyond_max_worker_processes(
         assert budget.free == 4, budget
 
         start_workers(engines["role_a"], 1)  # a worker and a watchdog: 2 of the 4
-        assert _wait(lambda: _running_workers(owner, "role_a") == 2, 15)
+        assert wait_until(lambda: _running_workers(owner, "role_a") == 2, 15)
         budget = worker_budget(owner)
         assert (budget.free, budget.pgdispatch_workers) == (2, 2), budget
 
@@ -97,20 +86,20 @@ def test_start_refuses_workers_beyond_max_worker_processes(
         # restarting role_a's workers replaces them: no extra room needed
         start_workers(engines["role_a"], 1)
         start_workers(engines["role_b"], 1)  # exactly the 2 left
-        assert _wait(lambda: _running_workers(owner, "role_b") == 2, 15)
+        assert wait_until(lambda: _running_workers(owner, "role_b") == 2, 15)
         run(engines["role_b"], "CREATE TABLE IF NOT EXISTS public.b_ran (at timestamptz)")
         run(
             engines["role_b"],
             "SELECT pgdispatch.fire('INSERT INTO public.b_ran VALUES (clock_timestamp())')",
         )
-        assert _wait(lambda: run(engines["role_b"], "SELECT count(*) FROM public.b_ran"), 10)
+        assert wait_until(lambda: run(engines["role_b"], "SELECT count(*) FROM public.b_ran"), 10)
         assert worker_budget(owner).free == 0
     finally:
         for role, engine in engines.items():
             with contextlib.suppress(exc.DBAPIError):
                 run(engine, "SELECT pgdispatch.stop()")
             engine.dispose()
-            _wait(lambda r=role: _running_workers(owner, r) == 0, 15)  # type: ignore[misc]
+            wait_until(lambda r=role: _running_workers(owner, r) == 0, 15)  # type: ignore[misc]
 
 
 def test_a_role_that_may_not_see_other_sessions_gets_the_owners_count(

@@ -5,14 +5,13 @@ that priority runs out, at least every 100 ms, and always before a drain ends.""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from .conftest import drain, rows, run
+from .conftest import drain, rows, run, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -108,13 +107,11 @@ def test_a_drain_runs_jobs_committed_behind_its_last_claim(db: Engine, schema: s
 
 
 def _wait_for_waiter(engine: Engine) -> bool:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if run(
+    return wait_until(
+        lambda: run(
             engine,
             "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             " AND objid = 424242",
-        ):
-            return True
-        time.sleep(0.02)
-    return False
+        ),
+        30,
+    )

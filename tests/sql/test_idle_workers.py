@@ -5,14 +5,13 @@ start at once, whoever polls, and whatever another session does with the doorbel
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from .conftest import role_engine, rows, run
+from .conftest import role_engine, rows, run, wait_until
 
 pytestmark = pytest.mark.cron  # workers of several roles: every pg_cron version and mode
 
@@ -45,15 +44,6 @@ class _Worker(threading.Thread):
             self.error = error
 
 
-def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.fixture
 def idle_roles(
     db: Engine, schema: str, pgdispatch_server: Any, pgdispatch_role: Any
@@ -69,7 +59,7 @@ def idle_roles(
         worker = _Worker(engine, 30)
         worker.start()
         made.append((role, engine, worker))
-    assert _wait_until(lambda: all(w.pid for _, _, w in made), 10)
+    assert wait_until(lambda: all(w.pid for _, _, w in made), 10)
     yield made
     for _, engine, worker in made:
         run(engine, "SELECT pg_cancel_backend(:p)", p=worker.pid)
@@ -120,14 +110,14 @@ def test_one_idle_worker_polls_for_all_and_the_others_wait_on_the_doorbell(
         return states <= {"poller", "waiting"} and "waiting" in states and _pollers(db) == 1
 
     # idle workers reach the slowest poll fast_poll_window (1 s) after the last dispatch
-    assert _wait_until(settled, 15), _states(db, pids)
+    assert wait_until(settled, 15), _states(db, pids)
 
 
 def test_every_idle_roles_job_starts_whoever_polls(
     db: Engine, schema: str, idle_roles: list[tuple[str, Engine, _Worker]]
 ) -> None:
     pids = [w.pid for _, _, w in idle_roles if w.pid is not None]
-    assert _wait_until(lambda: "waiting" in _states(db, pids).values(), 15)
+    assert wait_until(lambda: "waiting" in _states(db, pids).values(), 15)
     for round_ in range(2):
         # the poller's role last: it hands polling over when it has a job
         for role, engine, _ in idle_roles:
@@ -137,11 +127,11 @@ def test_every_idle_roles_job_starts_whoever_polls(
                 c=f"INSERT INTO \"{schema}\".t(v) VALUES ('{role}:{round_}')",
             )
         expected = 3 * (round_ + 1)
-        assert _wait_until(
+        assert wait_until(
             lambda n=expected: run(db, f'SELECT count(*) FROM "{schema}".t') == n, 10
         ), rows(db, f'SELECT v FROM "{schema}".t')
         # and they settle again: one poller, the others waiting
-        assert _wait_until(lambda: _pollers(db) == 1, 15)
+        assert wait_until(lambda: _pollers(db) == 1, 15)
     assert all(w.error is None for _, _, w in idle_roles)
 
 
@@ -151,7 +141,7 @@ def test_a_session_holding_the_doorbell_does_not_stop_idle_workers(
     """Any session may take the doorbell's lock (advisory locks are not owned): idle
     workers then wait at most 250 ms at a time, and their jobs still run."""
     pids = [w.pid for _, _, w in idle_roles if w.pid is not None]
-    assert _wait_until(lambda: "waiting" in _states(db, pids).values(), 15)
+    assert wait_until(lambda: "waiting" in _states(db, pids).values(), 15)
     for mode in ("pg_advisory_lock", "pg_advisory_lock_shared"):
         with db.connect() as squatter:
             pid = squatter.execute(text("SELECT pg_backend_pid()")).scalar_one()
@@ -178,17 +168,17 @@ def test_a_session_holding_the_doorbell_does_not_stop_idle_workers(
 
             def ring_until_squatting() -> bool:
                 run(idle_roles[0][1], "SELECT pgdispatch.fire('SELECT 1')")
-                return _wait_until(squatting, 0.5)
+                return wait_until(squatting, 0.5)
 
             try:
-                assert _wait_until(ring_until_squatting, 20)
+                assert wait_until(ring_until_squatting, 20)
                 for role, engine, _ in idle_roles:
                     run(
                         engine,
                         "SELECT pgdispatch.fire(:c)",
                         c=f"INSERT INTO \"{schema}\".t(v) VALUES ('{role}:{mode}')",
                     )
-                assert _wait_until(
+                assert wait_until(
                     lambda m=f"%:{mode}": (
                         run(db, f'SELECT count(*) FROM "{schema}".t WHERE v LIKE :m', m=m) == 3
                     ),
