@@ -14,6 +14,11 @@ of the rounds and as a ratio to that reference.
      row (command text, ``to_jsonb(NEW)``) into a hand-written queue table
      ``limits.queue (id identity PK, command, payload jsonb, run_at)`` with a
      ``(run_at, id)`` index: the least a trigger-fed queue can do;
+   * ``job row``: a table whose hand-written PL/pgSQL AFTER INSERT row trigger inserts the
+     same ``(command, to_jsonb(NEW))`` into ``pgdispatch.job`` itself, without a check: the
+     least any trigger that queues a pgdispatch job can do (the job table's columns,
+     defaults, indexes and row level security). ``pgdispatch / job row`` is what
+     ``pgdispatch.trigger()``'s own checks cost;
    * ``pgdispatch``: a table with ``pgdispatch.trigger('limits.effect')`` row trigger.
 
    The role's workers are stopped, so the queues only grow; before each measurement the
@@ -83,6 +88,7 @@ _SETUP = [
     # the three caller tables
     "CREATE TABLE limits.plain (id bigserial PRIMARY KEY, v integer)",
     "CREATE TABLE limits.minimal (id bigserial PRIMARY KEY, v integer)",
+    "CREATE TABLE limits.jobrow (id bigserial PRIMARY KEY, v integer)",
     "CREATE TABLE limits.pgd (id bigserial PRIMARY KEY, v integer)",
     f"""CREATE FUNCTION limits.enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -91,6 +97,13 @@ BEGIN
 END $$""",
     "CREATE TRIGGER enqueue AFTER INSERT ON limits.minimal FOR EACH ROW "
     "EXECUTE FUNCTION limits.enqueue()",
+    f"""CREATE FUNCTION limits.enqueue_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO pgdispatch.job (command, payload) VALUES ('{COMMAND}', to_jsonb(NEW));
+  RETURN NULL;
+END $$""",
+    "CREATE TRIGGER enqueue AFTER INSERT ON limits.jobrow FOR EACH ROW "
+    "EXECUTE FUNCTION limits.enqueue_job()",
     "CREATE TRIGGER dispatch AFTER INSERT ON limits.pgd FOR EACH ROW "
     "EXECUTE FUNCTION pgdispatch.trigger('limits.effect')",
     # the hand-written drain loop
@@ -133,8 +146,13 @@ END $$""",
     f"GRANT ALL ON ALL SEQUENCES IN SCHEMA limits TO {ROLE}",
 ]
 
-CALLER_VARIANTS = ("plain", "minimal", "pgdispatch")
-_CALLER_TABLE = {"plain": "limits.plain", "minimal": "limits.minimal", "pgdispatch": "limits.pgd"}
+CALLER_VARIANTS = ("plain", "minimal", "job row", "pgdispatch")
+_CALLER_TABLE = {
+    "plain": "limits.plain",
+    "minimal": "limits.minimal",
+    "job row": "limits.jobrow",
+    "pgdispatch": "limits.pgd",
+}
 DRAIN_VARIANTS = ("limit", "pgdispatch")
 
 
@@ -142,21 +160,21 @@ def _reset(ctx: Ctx) -> None:
     """Empty the source tables, both queues, the sink and both histories; vacuum."""
     with ctx.connect() as conn:
         conn.execute(
-            "TRUNCATE limits.plain, limits.minimal, limits.pgd, limits.queue, "
+            "TRUNCATE limits.plain, limits.minimal, limits.jobrow, limits.pgd, limits.queue, "
             "limits.history, limits.sink"
         )
         conn.execute("DELETE FROM pgdispatch.job WHERE role = %s", (ROLE,))
         conn.execute("DELETE FROM pgdispatch.job_history WHERE role = %s", (ROLE,))
         conn.execute(
             "VACUUM (ANALYZE) pgdispatch.job, pgdispatch.job_history, limits.queue, "
-            "limits.history, limits.sink, limits.plain, limits.minimal, limits.pgd"
+            "limits.history, limits.sink, limits.plain, limits.minimal, limits.jobrow, limits.pgd"
         )
         conn.execute("CHECKPOINT")
 
 
 def caller(ctx: Ctx, seconds: float, rounds: int) -> dict[str, Any]:
     tps: dict[str, dict[int, list[float]]] = {v: {c: [] for c in CLIENTS} for v in CALLER_VARIANTS}
-    queued: dict[str, list[int]] = {"minimal": [], "pgdispatch": []}
+    queued: dict[str, list[int]] = {"minimal": [], "job row": [], "pgdispatch": []}
     for rnd in range(rounds):
         for clients in CLIENTS:
             k = (rnd + clients) % len(CALLER_VARIANTS)
@@ -167,7 +185,7 @@ def caller(ctx: Ctx, seconds: float, rounds: int) -> dict[str, Any]:
                 tps[variant][clients].append(res.tps)
                 if variant == "minimal":
                     queued[variant].append(int(ctx.scalar("SELECT count(*) FROM limits.queue")))
-                elif variant == "pgdispatch":
+                elif variant in ("job row", "pgdispatch"):
                     queued[variant].append(
                         int(
                             ctx.scalar(
@@ -187,10 +205,15 @@ def caller(ctx: Ctx, seconds: float, rounds: int) -> dict[str, Any]:
     out["ratio_pgdispatch_over_minimal"] = {
         c: med["pgdispatch"][c] / med["minimal"][c] for c in CLIENTS
     }
+    # the floor any job-queueing trigger starts from, and what pgdispatch.trigger() adds
+    out["ratio_jobrow_over_minimal"] = {c: med["job row"][c] / med["minimal"][c] for c in CLIENTS}
+    out["ratio_pgdispatch_over_jobrow"] = {
+        c: med["pgdispatch"][c] / med["job row"][c] for c in CLIENTS
+    }
     rows = []
     for c in CLIENTS:
         for v in CALLER_VARIANTS:
-            ratio_min = med[v][c] / med["minimal"][c] if v == "pgdispatch" else None
+            ratio_min = med[v][c] / med["minimal"][c] if v in ("job row", "pgdispatch") else None
             rows.append([c, v, med[v][c], med[v][c] / med["plain"][c], ratio_min])
     table(
         f"1. caller overhead: pgbench TPS of a single-row INSERT, median of {rounds} x "

@@ -90,33 +90,32 @@ def limits_from_file(path: Path) -> dict[str, Any]:
 def render_limits(lim: dict[str, Any]) -> str:
     """The hand-written limits part of a main run (bench/limits.py's figures)."""
     c, d = lim["caller"], lim["drain"]
+    jobrow = "job row" in c["median_tps"]  # runs before 2026-12-02 had no job-row floor
     rows: list[list[Any]] = []
     for n in ("1", "2"):
-        tps = {v: c["median_tps"][v][n] for v in ("plain", "minimal", "pgdispatch")}
-        rows.append(
-            [
-                f"caller TPS, {n} client(s)",
-                tps["plain"],
-                tps["minimal"],
-                tps["pgdispatch"],
-                c["ratio_pgdispatch_over_minimal"][n],
-            ]
-        )
+        tps = {v: c["median_tps"][v].get(n) for v in c["median_tps"]}
+        row = [f"caller TPS, {n} client(s)", tps["plain"], tps["minimal"]]
+        if jobrow:
+            row.append(tps["job row"])
+        row += [tps["pgdispatch"], c["ratio_pgdispatch_over_minimal"][n]]
+        if jobrow:
+            row.append(c["ratio_pgdispatch_over_jobrow"][n])
+        rows.append(row)
     for n in ("1", "2"):
         rate = {v: d["median_jobs_per_s"][v][n] for v in ("limit", "pgdispatch")}
-        rows.append(
-            [
-                f"drain jobs/s, {n} session(s)",
-                None,
-                rate["limit"],
-                rate["pgdispatch"],
-                d["ratio_pgdispatch_over_limit"][n],
-            ]
-        )
+        row = [f"drain jobs/s, {n} session(s)", None, rate["limit"]]
+        if jobrow:
+            row.append(None)
+        row += [rate["pgdispatch"], d["ratio_pgdispatch_over_limit"][n]]
+        if jobrow:
+            row.append(None)
+        rows.append(row)
+    head = ["figure", "plain", "limit"] + (["job row"] if jobrow else [])
+    head += ["pgdispatch", "pgdispatch / limit"] + (["pgdispatch / job row"] if jobrow else [])
     return (
         f"### Against the hand-written limit (caller: median of {c['rounds']} x "
         f"{c['seconds']:.0f} s; drain: {d['jobs']:,} jobs, median of {d['rounds']})\n\n"
-        + _table(["figure", "plain", "limit", "pgdispatch", "pgdispatch / limit"], rows)
+        + _table(head, rows)
     )
 
 

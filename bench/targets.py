@@ -64,6 +64,10 @@ def _caller(clients: str) -> Callable[[dict[str, Any]], Measured | None]:
         pgd = _number(_get(c, "median_tps", "pgdispatch", clients))
         mini = _number(_get(c, "median_tps", "minimal", clients))
         detail = f"{pgd:,.0f} / {mini:,.0f} TPS" if pgd is not None and mini is not None else ""
+        floor = _number(_get(c, "ratio_jobrow_over_minimal", clients))
+        if floor is not None and detail:
+            # the same job row written by a hand-written trigger without a check
+            detail += f"; a bare job-row trigger: {floor:.2f}"
         return Measured(ratio, CALLER_MIN, detail)
 
     return measure
