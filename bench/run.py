@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-limits",
         action="store_true",
-        help="skip the hand-written limits (bench/limits.py; ~4 min, quick ~20 s)",
+        help="skip the hand-written limits (bench/limits.py; ~5 min, quick ~20 s)",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not write docs/img/*.png")
     parser.add_argument(
