@@ -71,6 +71,20 @@ SESSIONS = (1, 2)
 TARGET_CALLER = 0.9  # pgdispatch TPS / minimal trigger TPS
 TARGET_DRAIN = 0.8  # pgdispatch jobs/s / hand-written loop jobs/s
 
+
+def _enqueue_trigger(table: str, function: str, queue: str) -> list[str]:
+    """A hand-written AFTER INSERT row trigger on *table*: one row into *queue*, no check."""
+    return [
+        f"""CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO {queue} (command, payload) VALUES ('{COMMAND}', to_jsonb(NEW));
+  RETURN NULL;
+END $$""",
+        f"CREATE TRIGGER enqueue AFTER INSERT ON {table} FOR EACH ROW "
+        f"EXECUTE FUNCTION {function}()",
+    ]
+
+
 _SETUP = [
     "CREATE SCHEMA limits",
     "CREATE TABLE limits.sink (id bigint NOT NULL, "
@@ -85,25 +99,13 @@ _SETUP = [
     "CREATE TABLE limits.history (id bigint PRIMARY KEY, command text NOT NULL, "
     "payload jsonb, state text NOT NULL, started_at timestamptz NOT NULL, "
     "finished_at timestamptz NOT NULL, error text)",
-    # the three caller tables
+    # the caller tables
     "CREATE TABLE limits.plain (id bigserial PRIMARY KEY, v integer)",
     "CREATE TABLE limits.minimal (id bigserial PRIMARY KEY, v integer)",
     "CREATE TABLE limits.jobrow (id bigserial PRIMARY KEY, v integer)",
     "CREATE TABLE limits.pgd (id bigserial PRIMARY KEY, v integer)",
-    f"""CREATE FUNCTION limits.enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO limits.queue (command, payload) VALUES ('{COMMAND}', to_jsonb(NEW));
-  RETURN NULL;
-END $$""",
-    "CREATE TRIGGER enqueue AFTER INSERT ON limits.minimal FOR EACH ROW "
-    "EXECUTE FUNCTION limits.enqueue()",
-    f"""CREATE FUNCTION limits.enqueue_job() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO pgdispatch.job (command, payload) VALUES ('{COMMAND}', to_jsonb(NEW));
-  RETURN NULL;
-END $$""",
-    "CREATE TRIGGER enqueue AFTER INSERT ON limits.jobrow FOR EACH ROW "
-    "EXECUTE FUNCTION limits.enqueue_job()",
+    *_enqueue_trigger("limits.minimal", "limits.enqueue", "limits.queue"),
+    *_enqueue_trigger("limits.jobrow", "limits.enqueue_job", "pgdispatch.job"),
     "CREATE TRIGGER dispatch AFTER INSERT ON limits.pgd FOR EACH ROW "
     "EXECUTE FUNCTION pgdispatch.trigger('limits.effect')",
     # the hand-written drain loop

@@ -196,21 +196,27 @@ def test_report_takes_the_limits_from_a_bench_limits_file(
     assert "| 0.65 | **missed** |" in caller_1
 
 
-def test_the_job_row_floor_is_reported_beside_the_caller_ratio(
-    targets: ModuleType, report: ModuleType
-) -> None:
+def _limits_run() -> dict[str, Any]:
+    """:func:`_results` with what ``render_limits`` reads besides the targets."""
     res = _results()
     caller = res["limits"]["caller"]
     caller["median_tps"]["plain"] = {"1": 1200.0, "2": 2400.0}
+    caller["seconds"], caller["rounds"] = 10.0, 3
+    res["limits"]["drain"]["rounds"] = 3
+    return res
+
+
+def test_the_job_row_floor_is_reported_beside_the_caller_ratio(
+    targets: ModuleType, report: ModuleType
+) -> None:
+    res = _limits_run()
+    caller = res["limits"]["caller"]
     caller["median_tps"]["job row"] = {"1": 950.0, "2": 1960.0}
     caller["ratio_jobrow_over_minimal"] = {"1": 0.95, "2": 0.98}
     caller["ratio_pgdispatch_over_jobrow"] = {"1": 900 / 950, "2": 1900 / 1960}
     rows = _by_key(targets.evaluate(res))
     assert rows["caller_1"]["detail"] == "900 / 1,000 TPS; a bare job-row trigger: 0.95"
     assert rows["caller_2"]["detail"].endswith("a bare job-row trigger: 0.98")
-    res["limits"]["seconds"], res["limits"]["rounds"] = 10.0, 3
-    caller["seconds"], caller["rounds"] = 10.0, 3
-    res["limits"]["drain"]["rounds"] = 3
     text = report.render_limits(res["limits"])
     head = next(line for line in text.splitlines() if line.startswith("| figure"))
     assert head == (
@@ -225,11 +231,7 @@ def test_the_job_row_floor_is_reported_beside_the_caller_ratio(
 def test_a_run_without_the_job_row_floor_renders_as_before(
     targets: ModuleType, report: ModuleType
 ) -> None:
-    res = _results()
-    caller = res["limits"]["caller"]
-    caller["median_tps"]["plain"] = {"1": 1200.0, "2": 2400.0}
-    caller["seconds"], caller["rounds"] = 10.0, 3
-    res["limits"]["drain"]["rounds"] = 3
+    res = _limits_run()
     assert _by_key(targets.evaluate(res))["caller_1"]["detail"] == "900 / 1,000 TPS"
     head = next(
         line for line in report.render_limits(res["limits"]).splitlines() if "| figure" in line
