@@ -174,6 +174,23 @@ EXCEPTION WHEN lock_not_available THEN
 END
 $$;
 
+-- Wait on the doorbell (see work()'s poll loop): take lock 1885824131 shared and let go of
+-- it at once, waiting at most max_ms. True when it was taken (the poller let go of it, or
+-- no poller holds it), false when the wait timed out. (The function's SET restores the
+-- caller's lock_timeout on return, also the value set_config() gives it here.)
+CREATE FUNCTION pgdispatch._wait_doorbell(max_ms integer) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET lock_timeout = '250ms' AS $$
+DECLARE
+  done boolean;
+BEGIN
+  done := set_config('lock_timeout', max_ms::text, true) IS NULL;
+  done := pg_advisory_lock_shared(1885824131, 0) IS NULL;
+  RETURN pg_advisory_unlock_shared(1885824131, 0);
+EXCEPTION WHEN lock_not_available THEN
+  RETURN false;
+END
+$$;
+
 -- Delete up to max_rows (default settings.prune_batch) of the calling role's finished jobs
 -- older than settings.retention, and cancellation requests of jobs no longer queued.
 -- Returns the number of history rows deleted.
@@ -571,7 +588,6 @@ DECLARE
   poller boolean := false;        -- this worker polls for the database's idle workers
   rung boolean;                   -- the doorbell was taken: the poller let go of it
   waited boolean;                 -- this wake-up waited on the doorbell (no pg_sleep)
-  saved_lock_timeout text;
 BEGIN
   IF me <> current_user THEN
     RAISE EXCEPTION 'pgdispatch.work() must run as the session''s login role (session_user %, '
@@ -1029,20 +1045,10 @@ BEGIN
             END IF;
           END IF;
           IF NOT poller THEN
-            saved_lock_timeout := current_setting('lock_timeout');
-            BEGIN
-              done := set_config('lock_timeout',
-                                 greatest(1, least(greatest(250, extract(epoch FROM cfg.poll_max) * 1000),
-                                                   floor(extract(epoch FROM wake - clock_timestamp())
-                                                         * 1000)))::integer::text,
-                                 true) IS NULL;
-              done := pg_advisory_lock_shared(1885824131, 0) IS NULL;
-              done := pg_advisory_unlock_shared(1885824131, 0);
-              rung := true;
-            EXCEPTION WHEN lock_not_available THEN
-              NULL;
-            END;
-            done := set_config('lock_timeout', saved_lock_timeout, true) IS NULL;
+            rung := pgdispatch._wait_doorbell(
+                      greatest(1, least(greatest(250, extract(epoch FROM cfg.poll_max) * 1000),
+                                        floor(extract(epoch FROM wake - clock_timestamp())
+                                              * 1000)))::integer);
             waited := true;
           END IF;
         END IF;
@@ -2454,7 +2460,7 @@ REVOKE ALL ON FUNCTION pgdispatch._cron_database(), pgdispatch._check_can_login(
   pgdispatch.stop(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgdispatch._sql_shape(text), pgdispatch._command_body(text),
   pgdispatch._deferred_constraints(), pgdispatch._release_advisory_locks(text[]),
-  pgdispatch._take_doorbell() FROM PUBLIC;
+  pgdispatch._take_doorbell(), pgdispatch._wait_doorbell(integer) FROM PUBLIC;
 DO $grants$
 DECLARE
   r name;
@@ -2479,8 +2485,8 @@ BEGIN
                    'pgdispatch.stop(interval) TO %I', r);
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgdispatch._sql_shape(text), '
                    'pgdispatch._command_body(text), pgdispatch._deferred_constraints(), '
-                   'pgdispatch._release_advisory_locks(text[]), pgdispatch._take_doorbell() '
-                   'TO %I', r);
+                   'pgdispatch._release_advisory_locks(text[]), pgdispatch._take_doorbell(), '
+                   'pgdispatch._wait_doorbell(integer) TO %I', r);
   END LOOP;
 END
 $grants$;
